@@ -1,0 +1,310 @@
+"""The one place that calls ``litellm.acompletion``: replay from the store first, then retries
+with backoff that honours Retry-After, a timeout, token counts, cost, and one ``chat {model}``
+span per attempt (OpenTelemetry GenAI conventions).
+
+litellm is imported lazily (it takes seconds and, without ``LITELLM_LOCAL_MODEL_COST_MAP``,
+downloads a price map): a run served wholly from the store never imports it."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from opentelemetry.trace import Status, StatusCode
+
+from .errors import CallFailed, ReplayMiss
+from .models import ModelSpec
+from .tracing import attributes as A
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+_litellm = None
+
+
+def get_litellm():
+    """Import litellm once, offline, quietly; register the embedded model's provider."""
+    global _litellm
+    if _litellm is None:
+        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        from .local import register
+
+        register(litellm)
+        _litellm = litellm
+    return _litellm
+
+
+@dataclass
+class CallRequest:
+    """One LLM call the engine wants made."""
+
+    agent: str
+    sample: int
+    spec: ModelSpec
+    messages: list[dict]
+    temperature: float
+    max_tokens: int
+    key: str  # request key (hash:occurrence)
+    seed: int | None  # the seed sent to the model (derived from the run seed), or None
+    step_index: int
+    step_kind: str
+    sources: Sequence[str] = ()  # span ids behind the numbered responses shown, in order
+    source_agents: Sequence[str] = ()
+
+
+@dataclass
+class CallResult:
+    text: str | None
+    span_id: str | None
+    error: str | None = None
+    cached: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: int = 1
+
+
+@dataclass
+class ClientConfig:
+    """Retry and timeout policy. ``retries`` counts attempts after the first."""
+
+    retries: int = 4
+    timeout: float = 120.0
+    backoff: float = 0.5  # first wait; doubles each attempt, with jitter
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0  # never sleep longer than this for one Retry-After
+    record_content: bool = True
+
+
+def semconv_messages(messages: Sequence[dict]) -> str:
+    return json.dumps([{"role": m.get("role"), "parts": [{"type": "text", "content": m.get("content") or ""}]}
+                       for m in messages], ensure_ascii=False)
+
+
+def _output_messages(text: str, finish: str | None) -> str:
+    return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}],
+                        "finish_reason": finish or "stop"}], ensure_ascii=False)
+
+
+# --- error classification ---------------------------------------------------------------
+_RETRYABLE_NAMES = {
+    "RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError", "Timeout",
+    "APITimeoutError", "TimeoutError", "BadGatewayError", "APIError", "MalformedResponse", "ReadTimeout",
+    "ConnectError", "RemoteProtocolError", "ReadError", "JSONDecodeError",
+}
+_FATAL_NAMES = {"AuthenticationError", "PermissionDeniedError", "NotFoundError", "BadRequestError",
+                "ContextWindowExceededError", "UnsupportedParamsError", "ContentPolicyViolationError"}
+
+
+class MalformedResponse(Exception):
+    """The provider answered 200 with no usable choice."""
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(error.type, retryable) for an exception raised by a call."""
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    if name in _FATAL_NAMES or status in (400, 401, 403, 404, 422):
+        return name, False
+    if name in _RETRYABLE_NAMES or isinstance(exc, (asyncio.TimeoutError, ConnectionError, json.JSONDecodeError)):
+        return name, True
+    if isinstance(status, int) and (status == 429 or status >= 500):
+        return name, True
+    return name, False
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header carried by the exception, if any."""
+    headers = None
+    for attr in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, attr, None) or headers
+    resp = getattr(exc, "response", None)
+    if headers is None and resp is not None:
+        headers = getattr(resp, "headers", None)
+    if not headers:
+        return None
+    try:
+        value = headers.get("retry-after") or headers.get("Retry-After")
+    except AttributeError:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class Client:
+    """Makes calls for one run (or batch): cache first, then litellm with retries."""
+
+    def __init__(self, tracer, *, cache=None, offline: bool = False, config: ClientConfig | None = None,
+                 max_concurrency: int | None = 16, per_model_concurrency: int | None = None):
+        self.tracer = tracer
+        self.cache = cache
+        self.offline = offline
+        self.config = config or ClientConfig()
+        self._global = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._per_model_cap = per_model_concurrency
+        self._per_model: dict[str, asyncio.Semaphore] = {}
+        self.paid = 0
+        self.reused = 0
+
+    def _model_sem(self, model: str):
+        if not self._per_model_cap:
+            return None
+        if model not in self._per_model:
+            self._per_model[model] = asyncio.Semaphore(self._per_model_cap)
+        return self._per_model[model]
+
+    def _start(self, req: CallRequest, attempt: int):
+        span = self.tracer.start_span(f"chat {req.spec.model}")
+        span.set_attributes({
+            A.SPAN_KIND: "call",
+            A.OPERATION_NAME: "chat",
+            A.PROVIDER_NAME: req.spec.provider,
+            A.REQUEST_MODEL: req.spec.model,
+            A.REQUEST_TEMPERATURE: float(req.temperature),
+            A.REQUEST_MAX_TOKENS: int(req.max_tokens),
+            A.AGENT: req.agent,
+            A.SAMPLE: req.sample,
+            A.STEP_INDEX: req.step_index,
+            A.STEP_KIND: req.step_kind,
+            A.REQUEST_KEY: req.key,
+            A.ATTEMPT: attempt,
+        })
+        if req.seed is not None:
+            span.set_attribute(A.REQUEST_SEED, req.seed)
+        if req.sources:
+            span.set_attribute(A.INPUT_SOURCES, json.dumps(list(req.sources)))
+            span.set_attribute(A.INPUT_AGENTS, json.dumps(list(req.source_agents)))
+        if self.config.record_content:
+            span.set_attribute(A.INPUT_MESSAGES, semconv_messages(req.messages))
+        return span
+
+    @staticmethod
+    def _span_id(span) -> str:
+        return format(span.get_span_context().span_id, "016x")
+
+    async def call(self, req: CallRequest) -> CallResult:
+        if self.cache is not None:
+            hit = self.cache.lookup(req.key)
+            if hit is not None:
+                return self._replayed(req, hit)
+        if self.offline or req.spec.is_recorded:
+            why = "offline=True" if self.offline else f"{req.spec.model} holds imported outputs only"
+            raise ReplayMiss(
+                f"no recorded call for step {req.step_index} ({req.step_kind}), agent {req.agent!r}, model "
+                f"{req.spec.model!r} (request key {req.key}); {why}, so it cannot be made. Run without offline=True "
+                "(or with fill) to record it.",
+                step=req.step_index, agent=req.agent, model=req.spec.model, request_key=req.key)
+        sems = [s for s in (self._global, self._model_sem(req.spec.model)) if s is not None]
+        for s in sems:
+            await s.acquire()
+        try:
+            return await self._call_with_retries(req)
+        finally:
+            for s in reversed(sems):
+                s.release()
+
+    def _replayed(self, req: CallRequest, hit) -> CallResult:
+        span_id_src, text, usage = hit
+        span = self._start(req, 0)
+        span.set_attributes({
+            A.CACHED: True, A.COST_USD: 0.0,
+            A.USAGE_INPUT_TOKENS: usage.get("input_tokens") or 0,
+            A.USAGE_OUTPUT_TOKENS: usage.get("output_tokens") or 0,
+            "moakit.replayed_from": span_id_src,
+        })
+        if usage.get("response_model"):
+            span.set_attribute(A.RESPONSE_MODEL, usage["response_model"])
+        span.set_attribute(A.OUTPUT_MESSAGES, _output_messages(text, None))
+        sid = self._span_id(span)
+        span.end()
+        self.reused += 1
+        return CallResult(text=text, span_id=sid, cached=True, input_tokens=usage.get("input_tokens") or 0,
+                          output_tokens=usage.get("output_tokens") or 0, attempts=0)
+
+    async def _call_with_retries(self, req: CallRequest) -> CallResult:
+        cfg = self.config
+        last_error = "error"
+        sid = None
+        for attempt in range(1, cfg.retries + 2):
+            span = self._start(req, attempt)
+            sid = self._span_id(span)
+            try:
+                text, usage, cost, rmodel, finish, rid = await self._complete(req)
+            except BaseException as exc:  # noqa: BLE001 - every failure is recorded on its span
+                if isinstance(exc, asyncio.CancelledError):
+                    span.set_status(Status(StatusCode.ERROR, "cancelled"))
+                    span.set_attribute(A.ERROR_TYPE, "cancelled")
+                    span.end()
+                    raise
+                etype, retryable = classify(exc)
+                msg = str(exc)[:2000]
+                span.set_attribute(A.ERROR_TYPE, etype)
+                span.set_status(Status(StatusCode.ERROR, msg))
+                span.end()
+                last_error = f"{etype}: {msg}"
+                if not retryable or attempt > cfg.retries:
+                    return CallResult(text=None, span_id=sid, error=last_error, attempts=attempt)
+                wait = retry_after(exc)
+                if wait is None:
+                    wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                await asyncio.sleep(min(wait, cfg.max_retry_after))
+                continue
+            span.set_attributes({
+                A.USAGE_INPUT_TOKENS: usage[0], A.USAGE_OUTPUT_TOKENS: usage[1],
+                A.RESPONSE_FINISH_REASONS: [finish or "stop"], A.CACHED: False,
+            })
+            if cost is not None:
+                span.set_attribute(A.COST_USD, cost)
+            if rmodel:
+                span.set_attribute(A.RESPONSE_MODEL, rmodel)
+            if rid:
+                span.set_attribute(A.RESPONSE_ID, str(rid))
+            # the output is always kept: replay needs it even when prompts are not recorded
+            span.set_attribute(A.OUTPUT_MESSAGES, _output_messages(text, finish))
+            span.set_status(Status(StatusCode.OK))
+            span.end()
+            self.paid += 1
+            return CallResult(text=text, span_id=sid, input_tokens=usage[0], output_tokens=usage[1],
+                              cost_usd=cost or 0.0, attempts=attempt)
+        return CallResult(text=None, span_id=sid, error=last_error)
+
+    async def _complete(self, req: CallRequest):
+        litellm = get_litellm()
+        kwargs: dict[str, Any] = dict(
+            model=req.spec.model, messages=req.messages, temperature=req.temperature, max_tokens=req.max_tokens,
+            timeout=self.config.timeout, drop_params=True, max_retries=0, **req.spec.litellm_kwargs())
+        if req.seed is not None:
+            kwargs["seed"] = req.seed
+        resp = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout=self.config.timeout + 5)
+        choices = getattr(resp, "choices", None) or []
+        if not choices:
+            raise MalformedResponse("the provider returned no choices")
+        msg = choices[0].message
+        text = getattr(msg, "content", None)
+        if text is None:
+            raise MalformedResponse("the provider returned a choice without content")
+        usage = getattr(resp, "usage", None)
+        tokens = (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0))
+        cost = 0.0 if req.spec.is_local else None
+        if cost is None:
+            try:
+                cost = float(litellm.completion_cost(completion_response=resp))
+            except Exception:  # noqa: BLE001 - unknown price: cost stays unknown
+                cost = None
+        return text, tokens, cost, getattr(resp, "model", None), choices[0].finish_reason, getattr(resp, "id", None)

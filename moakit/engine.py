@@ -1,0 +1,377 @@
+"""Running a pipeline: async fan-out per layer, caps on calls in flight, seeded randomness,
+provenance of every response, and a span for the run and for each step.
+
+The engine knows nothing about providers: it builds :class:`~moakit.client.CallRequest` s and
+hands them to the :class:`~moakit.client.Client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from opentelemetry.trace import Status, StatusCode
+
+from . import steps as S
+from .client import CallRequest, Client, ClientConfig
+from .errors import MoakitError, PipelineError, ReplayMiss
+from .models import check_keys, resolve
+from .prompts import TemplateSet, get_template_set
+from .rank_parse import parse_rank
+from .result import Result
+from .tracing import attributes as A
+from .tracing.keys import derived_seed, request_hash, request_key
+from .tracing.store import TraceStore
+
+
+@dataclass(frozen=True)
+class Response:
+    """A candidate answer and where it came from."""
+
+    text: str
+    agent: str
+    sample: int
+    span_id: str | None  # the call that produced it
+
+
+class RunFailed(MoakitError):
+    """A step that must produce an answer (Aggregate, Vote, Rank, a whole layer) failed."""
+
+
+# ---- tracer per store: a private TracerProvider, never the global one --------------------
+_providers: dict[int, Any] = {}
+_providers_lock = threading.Lock()
+
+
+def tracer_for(store: TraceStore):
+    with _providers_lock:
+        entry = _providers.get(id(store))
+        if entry is None or entry[0] is not store:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+
+            from .tracing.exporter import SQLiteSpanProcessor
+
+            provider = TracerProvider(resource=Resource.create({"service.name": "moakit"}))
+            provider.add_span_processor(SQLiteSpanProcessor(store))
+            entry = (store, provider.get_tracer("moakit"))
+            _providers[id(store)] = entry
+        return entry[1]
+
+
+def open_store(store: Any) -> TraceStore:
+    if isinstance(store, TraceStore):
+        return store
+    return TraceStore(store)
+
+
+def normalize_query(query: Any) -> list[dict]:
+    """A string or a list of chat messages -> a list of {"role", "content"} dicts."""
+    if isinstance(query, str):
+        if not query.strip():
+            raise PipelineError("the query is empty")
+        return [{"role": "user", "content": query}]
+    if isinstance(query, dict):
+        query = [query]
+    if not isinstance(query, (list, tuple)) or not query:
+        raise PipelineError(f"the query must be a string or a non-empty list of chat messages, got {type(query).__name__}")
+    out = []
+    for i, m in enumerate(query):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise PipelineError(f"query message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {m!r}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "user" for m in out):
+        raise PipelineError("the query messages hold no user turn")
+    return out
+
+
+@dataclass
+class RunPlan:
+    """Everything checked before the first call."""
+
+    pipeline: list[S.Step]
+    query: list[dict]
+    specs: dict
+    tset: TemplateSet
+    rng_seed: int
+    model_seed: int | None  # None: the seed is not sent to models (and not part of keys)
+    max_tokens: int | None
+    name: str | None
+
+
+def plan_run(pipeline, query, *, seed=None, models=None, prompts="together", max_tokens=None, cache=None,
+             offline=False, name=None, rng_seed=None) -> RunPlan:
+    steps = S.validate_pipeline(pipeline)
+    q = normalize_query(query)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise PipelineError(f"seed must be an integer or None, got {seed!r}")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise PipelineError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+    agents = [a for s in steps if s.calls_llm for a in s.agents]
+    recorded = cache.recorded_agents() if cache is not None else None
+    specs = resolve(agents, models, recorded=recorded)
+    if not offline:
+        check_keys(specs)
+    if rng_seed is None:
+        rng_seed = seed if seed is not None else secrets.randbits(31)
+    return RunPlan(steps, q, specs, get_template_set(prompts), rng_seed, seed, max_tokens,
+                   name or _pipeline_name(pipeline))
+
+
+def _pipeline_name(pipeline) -> str | None:
+    from . import pipelines
+
+    for k, v in pipelines.ALL.items():
+        if v is pipeline:
+            return k
+    return None
+
+
+class _Runner:
+    def __init__(self, plan: RunPlan, client: Client, tracer):
+        self.plan, self.client, self.tracer = plan, client, tracer
+        self.rng = random.Random(plan.rng_seed)
+        self.occurrences: Counter = Counter()
+
+    def request(self, agent: str, sample: int, messages: list[dict], step: S.Step, index: int,
+                shown: Sequence[Response] = ()) -> CallRequest:
+        spec = self.plan.specs[agent]
+        mt = step.max_tokens if self.plan.max_tokens is None else min(step.max_tokens, self.plan.max_tokens)
+        base = request_hash(agent=agent, model=spec.model, messages=messages, temperature=step.temp,
+                            max_tokens=mt, seed=self.plan.model_seed)
+        occ = self.occurrences[base]
+        self.occurrences[base] += 1  # assigned before any await: deterministic under concurrency
+        key = request_key(base, occ)
+        return CallRequest(agent=agent, sample=sample, spec=spec, messages=messages, temperature=step.temp,
+                           max_tokens=mt, key=key, seed=derived_seed(self.plan.model_seed, key), step_index=index,
+                           step_kind=step.kind, sources=[r.span_id for r in shown],
+                           source_agents=[r.agent for r in shown])
+
+    async def fan_out(self, reqs: list[CallRequest]):
+        return await asyncio.gather(*(self.client.call(r) for r in reqs))
+
+    async def step(self, index: int, step: S.Step, responses: list[Response], span) -> list[Response]:
+        q, tset = self.plan.query, self.plan.tset
+        kind = step.kind
+        texts = [r.text for r in responses]
+        if step.calls_llm and kind != "Propose" and not responses:
+            raise RunFailed(f"step {index} ({kind}) has no responses to work on: every earlier call failed or was filtered out")
+
+        if kind in ("Propose", "Synthesize"):
+            samples = _samples(step.agents)
+            if kind == "Propose":
+                reqs = [self.request(a, s, [dict(m) for m in q], step, index) for a, s in zip(step.agents, samples)]
+            else:
+                msgs = tset.aggregate_messages(q, texts, step.prompt)
+                reqs = [self.request(a, s, msgs, step, index, responses) for a, s in zip(step.agents, samples)]
+            results = await self.fan_out(reqs)
+            new = [Response(r.text, rq.agent, rq.sample, r.span_id) for rq, r in zip(reqs, results) if r.text is not None]
+            failed = [f"{rq.agent}#{rq.sample}: {r.error}" for rq, r in zip(reqs, results) if r.text is None]
+            if failed:
+                span.set_attribute("moakit.dropped_failed", json.dumps(failed)[:4000])
+            if not new:
+                raise RunFailed(f"step {index} ({kind}): every call failed: {'; '.join(failed)[:1000]}")
+            return (responses + new) if kind == "Propose" else new
+
+        if kind in ("Aggregate", "Vote"):
+            msgs = tset.aggregate_messages(q, texts, step.prompt, vote=(kind == "Vote"))
+            (r,) = await self.fan_out([self.request(step.agent, 0, msgs, step, index, responses)])
+            if r.text is None:
+                raise RunFailed(f"step {index} ({kind}, agent {step.agent!r}) failed: {r.error}")
+            return [Response(r.text, step.agent, 0, r.span_id)]
+
+        if kind == "Refine":
+            counts: Counter = Counter()
+            reqs = []
+            for i, resp in enumerate(responses):
+                agent = step.agents[i % len(step.agents)]
+                reqs.append(self.request(agent, counts[agent], tset.refine_messages(q, resp.text, step.prompt),
+                                         step, index, [resp]))
+                counts[agent] += 1
+            results = await self.fan_out(reqs)
+            new = [Response(r.text, rq.agent, rq.sample, r.span_id) for rq, r in zip(reqs, results) if r.text is not None]
+            if not new:
+                raise RunFailed(f"step {index} (Refine): every call failed")
+            return new
+
+        if kind == "Rank":
+            msgs = tset.rank_messages(q, texts, step.n, step.prompt)
+            (r,) = await self.fan_out([self.request(step.agent, 0, msgs, step, index, responses)])
+            if r.text is None:
+                raise RunFailed(f"step {index} (Rank, agent {step.agent!r}) failed: {r.error}")
+            choice = parse_rank(r.text, len(responses), step.n)
+            span.set_attribute(A.RANK_PARSED, bool(choice))
+            if not choice:  # unusable reply: keep the first n in the order shown, and say so
+                choice = list(range(min(step.n, len(responses))))
+            span.set_attribute(A.RANK_CHOICE, json.dumps(choice))
+            return [responses[i] for i in choice]
+
+        n = len(responses)
+        if kind == "Shuffle":
+            perm = self.rng.sample(range(n), n)
+            span.set_attribute(A.PERMUTATION, json.dumps(perm))
+            return [responses[i] for i in perm]
+        if kind == "Dropout":
+            kept = [i for i in range(n) if self.rng.random() >= step.p]
+            if n and not kept:
+                kept = [self.rng.randrange(n)]
+        elif kind == "Sample":
+            kept = self.rng.sample(range(n), min(step.n, n))
+        elif kind == "Take":
+            kept = list(range(min(step.n, n)))
+        elif kind == "Filter":
+            kept = [i for i, r in enumerate(responses) if step.fn(r.text)]
+        elif kind == "Map":
+            return [Response(str(step.fn(r.text)), r.agent, r.sample, r.span_id) for r in responses]
+        else:  # pragma: no cover - validate_pipeline admits only known steps
+            raise PipelineError(f"unknown step {kind}")
+        span.set_attribute(A.KEPT, json.dumps(kept))
+        return [responses[i] for i in kept]
+
+    async def run(self, *, batch_id: str | None = None, batch_item: int | None = None) -> Result:
+        plan = self.plan
+        attrs = {
+            A.SPAN_KIND: "run", A.OPERATION_NAME: "invoke_workflow",
+            A.PIPELINE: json.dumps(S.pipeline_to_json(plan.pipeline)), A.SEED: plan.rng_seed,
+            "moakit.seed.sent_to_models": plan.model_seed is not None,
+            A.QUERY: json.dumps(plan.query, ensure_ascii=False), A.PROMPT_SET: plan.tset.name,
+            A.MODELS: json.dumps({a: s.model for a, s in plan.specs.items()}),
+        }
+        if plan.max_tokens is not None:
+            attrs["moakit.max_tokens_cap"] = plan.max_tokens
+        if plan.name:
+            attrs[A.PIPELINE_NAME] = plan.name
+        if batch_id is not None:
+            attrs[A.BATCH_ID] = batch_id
+            attrs[A.BATCH_ITEM] = batch_item
+        paid0, reused0 = self.client.paid, self.client.reused
+        responses: list[Response] = []
+        error = None
+        with self.tracer.start_as_current_span("invoke_workflow moakit", attributes=attrs,
+                                               record_exception=False, set_status_on_exception=False) as run_span:
+            trace_id = format(run_span.get_span_context().trace_id, "032x")
+            try:
+                for i, step in enumerate(plan.pipeline):
+                    with self.tracer.start_as_current_span(
+                            f"step {step.kind.lower()}", record_exception=False, set_status_on_exception=False,
+                            attributes={A.SPAN_KIND: "step", A.STEP_INDEX: i, A.STEP_KIND: step.kind,
+                                        A.STEP_SPEC: json.dumps(step.to_dict()),
+                                        A.RESPONSES_IN: json.dumps([r.span_id for r in responses])}) as sspan:
+                        try:
+                            responses = await self.step(i, step, responses, sspan)
+                        except BaseException as e:
+                            sspan.set_status(Status(StatusCode.ERROR, str(e)[:2000]))
+                            sspan.set_attribute(A.ERROR_TYPE, type(e).__name__)
+                            raise
+                        sspan.set_attribute(A.RESPONSES_OUT, json.dumps([r.span_id for r in responses]))
+            except RunFailed as e:
+                error = str(e)
+            except BaseException as e:
+                run_span.set_status(Status(StatusCode.ERROR, str(e)[:2000]))
+                run_span.set_attribute(A.ERROR_TYPE, type(e).__name__)
+                raise
+            if error:
+                run_span.set_status(Status(StatusCode.ERROR, error[:2000]))
+                run_span.set_attribute(A.ERROR_TYPE, "RunFailed")
+                output = None
+            else:
+                output = responses[0].text if responses else None
+                if output is not None:
+                    run_span.set_attribute(A.OUTPUT, output)
+                run_span.set_status(Status(StatusCode.OK))
+            paid, reused = self.client.paid - paid0, self.client.reused - reused0
+            run_span.set_attributes({"moakit.calls_paid": paid, "moakit.calls_reused": reused})
+        return Result(output=output, trace_id=trace_id, store=self.client.tracer_store, error=error,
+                      responses=list(responses), seed=plan.rng_seed, calls_paid=paid, calls_reused=reused,
+                      pipeline=plan.pipeline, query=plan.query)
+
+
+def _samples(agents: Sequence[str]) -> list[int]:
+    """Sample index of each agent: its occurrence number within the list (Self-MoA)."""
+    seen: Counter = Counter()
+    out = []
+    for a in agents:
+        out.append(seen[a])
+        seen[a] += 1
+    return out
+
+
+def _open_cache(cache, store: TraceStore) -> TraceStore | None:
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return store
+    if isinstance(cache, TraceStore):
+        return cache
+    return TraceStore(cache, create=False)
+
+
+def make_client(store, cache, offline, max_concurrency, per_model_concurrency, client_config, record_content=True):
+    tracer = tracer_for(store)
+    cfg = client_config or ClientConfig()
+    if not record_content:
+        cfg = ClientConfig(**{**cfg.__dict__, "record_content": False})
+    client = Client(tracer, cache=cache, offline=offline, config=cfg,
+                    max_concurrency=16 if max_concurrency is None else max_concurrency,
+                    per_model_concurrency=per_model_concurrency)
+    client.tracer_store = store
+    return client, tracer
+
+
+async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,
+               max_concurrency: int | None = None, cache: Any = None, offline: bool = False,
+               prompts: str | TemplateSet = "together", max_tokens: int | None = None,
+               per_model_concurrency: int | None = None, client_config: ClientConfig | None = None,
+               record_content: bool = True, name: str | None = None, _rng_seed: int | None = None) -> Result:
+    """Run ``pipeline`` on ``query``; every call is recorded in ``store``. See :func:`run`."""
+    store = open_store(store)
+    cache_store = _open_cache(cache, store)
+    plan = plan_run(pipeline, query, seed=seed, models=models, prompts=prompts, max_tokens=max_tokens,
+                    cache=cache_store, offline=offline, name=name, rng_seed=_rng_seed)
+    client, tracer = make_client(store, cache_store, offline, max_concurrency, per_model_concurrency,
+                                 client_config, record_content)
+    return await _Runner(plan, client, tracer).run()
+
+
+def run_sync(coro):
+    """Run a coroutine to completion, also from inside a running loop (Jupyter): then it runs
+    on a worker thread with its own loop and this call waits for it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="moakit") as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
+def run(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,
+        max_concurrency: int | None = None, **kwargs) -> Result:
+    """Run a pipeline on one query and return a :class:`~moakit.result.Result`.
+
+    Args:
+        pipeline: a list of steps (e.g. ``moakit.pipelines.together_moa``).
+        query: a string, or a list of chat messages.
+        seed: makes Shuffle/Dropout/Sample reproducible and is sent (derived per call) to the models.
+        models: ``"local"`` to run every agent on the embedded model, or a dict agent -> litellm model
+            string (or ``{"model": ..., "api_base": ..., "api_key": ...}``); other agents resolve through
+            :data:`moakit.models.ALIASES`.
+        store: a :class:`TraceStore` or path (default ``$MOAKIT_TRACES`` or ``traces/moakit.db``).
+        max_concurrency: calls in flight at once (default 16); ``per_model_concurrency`` caps each model.
+        cache: a store (or ``True`` for ``store``) whose recorded calls are served instead of paid for.
+        offline: with ``cache``, a call not in the store raises :class:`moakit.ReplayMiss`.
+        prompts: ``"together"`` (the paper's, default) or ``"mixture-llm"``.
+        max_tokens: caps every call's max_tokens (handy for quick runs on the embedded model).
+        record_content: set False to keep prompts out of the trace (outputs are always kept for replay).
+    """
+    return run_sync(arun(pipeline, query, seed=seed, models=models, store=store,
+                         max_concurrency=max_concurrency, **kwargs))

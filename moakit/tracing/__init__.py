@@ -1,0 +1,1 @@
+"""Spans, their SQLite store, and replay. Nothing here renders anything."""

@@ -1,0 +1,306 @@
+"""The trace store: one SQLite file (WAL, busy timeout, migrations), spans with promoted,
+indexed columns and the rest as JSON, long texts stored once by content hash.
+
+``TraceStore`` gives pandas DataFrames: :meth:`runs`, :meth:`steps`, :meth:`calls`,
+:meth:`spans` and :meth:`aggregation_inputs`. Datasette and ``sqlite3`` open the file too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import TraceFileError
+from . import migrations
+
+DEFAULT_PATH = Path("traces") / "moakit.db"
+SPAN_COLUMNS = (
+    "span_id", "trace_id", "parent_id", "name", "kind", "start_ns", "end_ns", "status", "error",
+    "step_index", "step", "agent", "model", "sample", "input_tokens", "output_tokens", "cost_usd",
+    "request_key", "input_hash", "output_hash", "attributes", "cached", "attempt", "system_hash",
+)
+_INSERT_SPAN = f"INSERT OR REPLACE INTO spans ({', '.join(SPAN_COLUMNS)}) VALUES ({', '.join('?' * len(SPAN_COLUMNS))})"
+_INSERT_TEXT = "INSERT OR IGNORE INTO texts (hash, text) VALUES (?, ?)"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("MOAKIT_TRACES") or DEFAULT_PATH)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.is_dir():
+        raise TraceFileError(f"{path} is a directory, not a trace file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head != b"SQLite format 3\x00":
+        raise TraceFileError(f"{path} is not a SQLite file (it starts with {head[:8]!r}); give a moakit trace file")
+
+
+class TraceStore:
+    """A moakit trace file. ``TraceStore()`` opens ``$MOAKIT_TRACES`` or ``traces/moakit.db``."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
+        self.path = Path(path) if path is not None else default_path()
+        _check_file(self.path)
+        if not self.path.exists():
+            if not create:
+                raise TraceFileError(f"no trace file at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=60)
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise TraceFileError(f"cannot open trace file {self.path}: {e} (truncated or not a moakit trace file?)") from e
+        self._cache_index: dict[str, tuple[str, str]] | None = None
+
+    # ---- schema --------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "_moakit_migrations" not in tables:
+            raise TraceFileError(
+                f"{self.path} is a SQLite file but not a moakit trace file (tables: {', '.join(sorted(tables))})")
+        migrations.migrate(self.conn)
+
+    @property
+    def schema_version(self) -> list[str]:
+        return migrations.applied(self.conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __repr__(self) -> str:
+        return f"TraceStore({str(self.path)!r})"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- writing -------------------------------------------------------------------------
+    def write(self, rows: Sequence[dict[str, Any]], texts: dict[str, str] | None = None) -> None:
+        """Write span rows (dicts keyed by :data:`SPAN_COLUMNS`) and their texts in one
+        transaction. Each finished call is written at once, so a crash loses nothing finished."""
+        params = [tuple(r.get(c) if c != "cached" else int(bool(r.get(c))) for c in SPAN_COLUMNS) for r in rows]
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                if texts:
+                    self.conn.executemany(_INSERT_TEXT, texts.items())
+                self.conn.executemany(_INSERT_SPAN, params)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            if self._cache_index is not None:
+                for r in rows:
+                    if r.get("kind") == "call" and r.get("request_key") and not r.get("error") and r.get("output_hash"):
+                        self._cache_index.setdefault(r["request_key"], (r["span_id"], r["output_hash"]))
+
+    # ---- reading helpers -----------------------------------------------------------------
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def frame(self, sql: str, params: Iterable[Any] = ()):
+        import pandas as pd
+
+        with self._lock:
+            cur = self.conn.execute(sql, tuple(params))
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return pd.DataFrame.from_records(rows, columns=cols)
+
+    def text(self, h: str | None) -> str | None:
+        if h is None:
+            return None
+        r = self.query("SELECT text FROM texts WHERE hash = ?", (h,))
+        return r[0][0] if r else None
+
+    def trace_ids(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT trace_id FROM spans WHERE kind='run' ORDER BY start_ns")]
+
+    def resolve_trace_id(self, trace_id: str) -> str:
+        """Accept a full trace id or a unique prefix of one."""
+        rows = self.query("SELECT DISTINCT trace_id FROM spans WHERE kind='run' AND trace_id LIKE ?", (trace_id + "%",))
+        if len(rows) == 1:
+            return rows[0][0]
+        if not rows:
+            raise KeyError(f"no run with trace id {trace_id!r} in {self.path}")
+        raise KeyError(f"trace id prefix {trace_id!r} is ambiguous in {self.path} ({len(rows)} runs)")
+
+    # ---- DataFrames ----------------------------------------------------------------------
+    def _where(self, trace_id, kind: str):
+        if trace_id is None:
+            return "s.kind = ?", [kind]
+        ids = [trace_id] if isinstance(trace_id, str) else list(trace_id)
+        return f"s.kind = ? AND s.trace_id IN ({', '.join('?' * len(ids))})", [kind, *ids]
+
+    def calls(self, trace_id: str | Sequence[str] | None = None):
+        """One row per LLM call attempt: trace_id, span_id, parent_id, step_index, step, agent,
+        model, sample, attempt, input_tokens, output_tokens, cost_usd, latency_s, start_ns,
+        end_ns, cached, error, output, request_key."""
+        where, params = self._where(trace_id, "call")
+        df = self.frame(f"""
+            SELECT s.trace_id, s.span_id, s.parent_id, s.step_index, s.step, s.agent, s.model, s.sample,
+                   s.attempt, s.input_tokens, s.output_tokens, s.cost_usd,
+                   (s.end_ns - s.start_ns) / 1e9 AS latency_s, s.start_ns, s.end_ns,
+                   s.cached, s.error, t.text AS output, s.request_key
+            FROM spans s LEFT JOIN texts t ON t.hash = s.output_hash
+            WHERE {where} ORDER BY s.start_ns, s.rowid""", params)
+        df["cached"] = df["cached"].astype(bool)
+        return df
+
+    def steps(self, trace_id: str | Sequence[str] | None = None):
+        """One row per step span, with what the step did (permutation, kept, rank choice)."""
+        where, params = self._where(trace_id, "step")
+        df = self.frame(f"""
+            SELECT s.trace_id, s.span_id, s.step_index, s.step, (s.end_ns - s.start_ns) / 1e9 AS duration_s,
+                   s.start_ns, s.end_ns, s.error, s.attributes
+            FROM spans s WHERE {where} ORDER BY s.trace_id, s.step_index""", params)
+        attrs = [json.loads(a or "{}") for a in df.pop("attributes")]
+        for col, key in (("permutation", "moakit.shuffle.permutation"), ("kept", "moakit.kept"),
+                         ("rank_choice", "moakit.rank.choice"), ("responses_in", "moakit.responses.in"),
+                         ("responses_out", "moakit.responses.out")):
+            df[col] = [_maybe_json(a.get(key)) for a in attrs]
+        return df
+
+    def runs(self):
+        """One row per run: trace_id, pipeline, started, duration_s, calls, tokens, cost, output, error."""
+        df = self.frame("""
+            SELECT r.trace_id, r.span_id, json_extract(r.attributes, '$."moakit.pipeline.name"') AS pipeline,
+                   json_extract(r.attributes, '$."moakit.seed"') AS seed,
+                   json_extract(r.attributes, '$."moakit.batch.id"') AS batch_id,
+                   r.start_ns, (r.end_ns - r.start_ns) / 1e9 AS duration_s,
+                   (SELECT count(*) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls,
+                   (SELECT coalesce(sum(c.cached), 0) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls_cached,
+                   (SELECT sum(c.input_tokens) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS input_tokens,
+                   (SELECT sum(c.output_tokens) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS output_tokens,
+                   (SELECT sum(c.cost_usd) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call'
+                        AND c.cached = 0) AS cost_usd,
+                   t.text AS output, r.error
+            FROM spans r LEFT JOIN texts t ON t.hash = r.output_hash
+            WHERE r.kind = 'run' ORDER BY r.start_ns""")
+        return df
+
+    def spans(self, trace_id: str | Sequence[str] | None = None):
+        """Every span with all its attributes (content texts restored), one row a span."""
+        import pandas as pd
+
+        if trace_id is None:
+            where, params = "1=1", []
+        else:
+            ids = [trace_id] if isinstance(trace_id, str) else list(trace_id)
+            where, params = f"s.trace_id IN ({', '.join('?' * len(ids))})", ids
+        df = self.frame(f"SELECT s.* FROM spans s WHERE {where} ORDER BY s.start_ns, s.rowid", params)
+        df["attributes"] = [self.full_attributes(r) for r in df.to_dict("records")] if len(df) else pd.Series(dtype=object)
+        return df
+
+    def full_attributes(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A span's attributes as recorded, with the content-addressed texts put back."""
+        from . import attributes as A
+
+        attrs = json.loads(row.get("attributes") or "{}")
+        if row.get("input_hash"):
+            attrs[A.INPUT_MESSAGES] = self.text(row["input_hash"])
+        if row.get("system_hash"):
+            attrs[A.SYSTEM_INSTRUCTIONS] = self.text(row["system_hash"])
+        if row.get("output_hash"):
+            out = self.text(row["output_hash"])
+            if row.get("kind") == "run":
+                attrs[A.OUTPUT] = out
+            else:
+                reasons = attrs.get(A.RESPONSE_FINISH_REASONS) or ["stop"]
+                attrs[A.OUTPUT_MESSAGES] = json.dumps([{"role": "assistant", "parts": [
+                    {"type": "text", "content": out}], "finish_reason": reasons[0]}], ensure_ascii=False)
+        return attrs
+
+    def run_attributes(self, trace_id: str) -> dict[str, Any]:
+        rows = self.query("SELECT attributes, output_hash, error FROM spans WHERE trace_id=? AND kind='run'", (trace_id,))
+        if not rows:
+            raise KeyError(f"no run with trace id {trace_id!r} in {self.path}")
+        attrs = json.loads(rows[0][0] or "{}")
+        attrs["_output"] = self.text(rows[0][1])
+        attrs["_error"] = rows[0][2]
+        return attrs
+
+    def aggregation_inputs(self, trace_id: str | Sequence[str] | None = None):
+        """One row per response shown to an aggregating call (Synthesize, Aggregate, Vote, Rank):
+        trace_id, call span_id, step_index, step, agent (the aggregator), position (1-based),
+        n_shown, source_span_id, source_agent, source_text, output."""
+        import pandas as pd
+
+        calls = self.calls(trace_id)
+        if calls.empty:
+            return pd.DataFrame(columns=["trace_id", "span_id", "step_index", "step", "agent", "position", "n_shown",
+                                         "source_span_id", "source_agent", "source_text", "output"])
+        where, params = self._where(trace_id, "call")
+        src = dict(self.query(f"""SELECT s.span_id, json_extract(s.attributes, '$."moakit.input.sources"')
+                                 FROM spans s WHERE {where}""", params))
+        out_by_span = dict(zip(calls["span_id"], calls["output"]))
+        agent_by_span = dict(zip(calls["span_id"], calls["agent"]))
+        rows = []
+        for c in calls[calls["step"].isin(["Synthesize", "Aggregate", "Vote", "Rank"])].itertuples():
+            sources = json.loads(src.get(c.span_id) or "null") or []
+            for pos, s in enumerate(sources, start=1):
+                rows.append({"trace_id": c.trace_id, "span_id": c.span_id, "step_index": c.step_index, "step": c.step,
+                             "agent": c.agent, "position": pos, "n_shown": len(sources), "source_span_id": s,
+                             "source_agent": agent_by_span.get(s), "source_text": out_by_span.get(s),
+                             "output": c.output, "error": c.error})
+        return pd.DataFrame(rows)
+
+    # ---- replay ----------------------------------------------------------------------------
+    def cache_index(self) -> dict[str, tuple[str, str]]:
+        """request key -> (span id, output text hash) of the first good call recorded for it."""
+        with self._lock:
+            if self._cache_index is None:
+                idx: dict[str, tuple[str, str]] = {}
+                for key, span_id, h in self.conn.execute(
+                        "SELECT request_key, span_id, output_hash FROM spans WHERE request_key IS NOT NULL "
+                        "AND kind='call' AND error IS NULL AND output_hash IS NOT NULL ORDER BY rowid"):
+                    idx.setdefault(key, (span_id, h))
+                self._cache_index = idx
+            return self._cache_index
+
+    def lookup(self, key: str) -> tuple[str, str, dict[str, Any]] | None:
+        """A recorded answer for a request key: (span id, output text, usage attrs) or None."""
+        hit = self.cache_index().get(key)
+        if hit is None:
+            return None
+        span_id, h = hit
+        rows = self.query("SELECT s.input_tokens, s.output_tokens, s.model, t.text, "
+                          "json_extract(s.attributes, '$.\"gen_ai.response.model\"') "
+                          "FROM spans s JOIN texts t ON t.hash = s.output_hash WHERE s.span_id = ?", (span_id,))
+        if not rows:
+            return None
+        inp, outp, model, text, rmodel = rows[0]
+        return span_id, text, {"input_tokens": inp, "output_tokens": outp, "response_model": rmodel or model}
+
+    def recorded_agents(self) -> dict[str, str]:
+        """Agents whose outputs were imported (model ``recorded/...``): agent -> model."""
+        return dict(self.query("SELECT DISTINCT agent, model FROM spans WHERE kind='call' AND model LIKE 'recorded/%'"))
+
+
+def _maybe_json(v):
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
