@@ -210,6 +210,8 @@ class Client:
                 f"{req.spec.model!r} (request key {req.key}); {why}, so it cannot be made. Run without offline=True "
                 "(or with fill) to record it.",
                 step=req.step_index, agent=req.agent, model=req.spec.model, request_key=req.key)
+        if _litellm is None:  # import (seconds) off the event loop and before any span starts
+            await asyncio.to_thread(get_litellm)
         sems = [s for s in (self._global, self._model_sem(req.spec.model)) if s is not None]
         for s in sems:
             await s.acquire()

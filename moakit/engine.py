@@ -107,7 +107,7 @@ class RunPlan:
     name: str | None
 
 
-def plan_run(pipeline, query, *, seed=None, models=None, prompts="together", max_tokens=None, cache=None,
+def plan_run(pipeline, query, *, seed=None, models=None, templates="together", max_tokens=None, cache=None,
              offline=False, name=None, rng_seed=None) -> RunPlan:
     steps = S.validate_pipeline(pipeline)
     q = normalize_query(query)
@@ -122,7 +122,7 @@ def plan_run(pipeline, query, *, seed=None, models=None, prompts="together", max
         check_keys(specs)
     if rng_seed is None:
         rng_seed = seed if seed is not None else secrets.randbits(31)
-    return RunPlan(steps, q, specs, get_template_set(prompts), rng_seed, seed, max_tokens,
+    return RunPlan(steps, q, specs, get_template_set(templates), rng_seed, seed, max_tokens,
                    name or _pipeline_name(pipeline))
 
 
@@ -140,6 +140,7 @@ class _Runner:
         self.plan, self.client, self.tracer = plan, client, tracer
         self.rng = random.Random(plan.rng_seed)
         self.occurrences: Counter = Counter()
+        self.totals = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
 
     def request(self, agent: str, sample: int, messages: list[dict], step: S.Step, index: int,
                 shown: Sequence[Response] = ()) -> CallRequest:
@@ -156,7 +157,14 @@ class _Runner:
                            source_agents=[r.agent for r in shown])
 
     async def fan_out(self, reqs: list[CallRequest]):
-        return await asyncio.gather(*(self.client.call(r) for r in reqs))
+        results = await asyncio.gather(*(self.client.call(r) for r in reqs))
+        t = self.totals
+        for r in results:
+            t["calls"] += max(1, r.attempts)
+            t["input_tokens"] += r.input_tokens
+            t["output_tokens"] += r.output_tokens
+            t["cost_usd"] += r.cost_usd
+        return results
 
     async def step(self, index: int, step: S.Step, responses: list[Response], span) -> list[Response]:
         q, tset = self.plan.query, self.plan.tset
@@ -328,13 +336,13 @@ def make_client(store, cache, offline, max_concurrency, per_model_concurrency, c
 
 async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,
                max_concurrency: int | None = None, cache: Any = None, offline: bool = False,
-               prompts: str | TemplateSet = "together", max_tokens: int | None = None,
+               templates: str | TemplateSet = "together", max_tokens: int | None = None,
                per_model_concurrency: int | None = None, client_config: ClientConfig | None = None,
                record_content: bool = True, name: str | None = None, _rng_seed: int | None = None) -> Result:
     """Run ``pipeline`` on ``query``; every call is recorded in ``store``. See :func:`run`."""
     store = open_store(store)
     cache_store = _open_cache(cache, store)
-    plan = plan_run(pipeline, query, seed=seed, models=models, prompts=prompts, max_tokens=max_tokens,
+    plan = plan_run(pipeline, query, seed=seed, models=models, templates=templates, max_tokens=max_tokens,
                     cache=cache_store, offline=offline, name=name, rng_seed=_rng_seed)
     client, tracer = make_client(store, cache_store, offline, max_concurrency, per_model_concurrency,
                                  client_config, record_content)
@@ -369,7 +377,7 @@ def run(pipeline, query, *, seed: int | None = None, models: Any = None, store: 
         max_concurrency: calls in flight at once (default 16); ``per_model_concurrency`` caps each model.
         cache: a store (or ``True`` for ``store``) whose recorded calls are served instead of paid for.
         offline: with ``cache``, a call not in the store raises :class:`moakit.ReplayMiss`.
-        prompts: ``"together"`` (the paper's, default) or ``"mixture-llm"``.
+        templates: prompt set, ``"together"`` (the paper's layout, default) or ``"mixture-llm"``.
         max_tokens: caps every call's max_tokens (handy for quick runs on the embedded model).
         record_content: set False to keep prompts out of the trace (outputs are always kept for replay).
     """

@@ -1,0 +1,1 @@
+"""Test helpers that users may reuse: a stub OpenAI-compatible server for latency and faults."""

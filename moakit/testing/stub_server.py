@@ -1,0 +1,173 @@
+"""A **stub** OpenAI-compatible chat-completions server on 127.0.0.1, for injecting latency
+and faults. It is not a model: it answers with a deterministic text derived from the request.
+
+Run it as a process (so its work does not share the client's GIL)::
+
+    python -m moakit.testing.stub_server --port 0 --latency 0.1 --fault-rate 0.1
+
+It prints ``STUB READY <port>`` on stdout once listening. :class:`StubServer` starts it and
+stops it for tests and benchmarks. Faults (chosen at random, seeded, per request):
+``429`` (with Retry-After), ``500``, ``503``, ``hang`` (sleeps past any sane timeout),
+``reset`` (closes the connection with no answer), ``malformed`` (invalid JSON body with 200),
+``empty`` (200 with an empty choice list). ``GET /stats`` returns counters as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+
+FAULTS = ("429", "500", "503", "hang", "reset", "malformed", "empty")
+
+
+def answer_text(body: dict) -> str:
+    """Deterministic reply: model + a hash of the messages (+ sampling seed)."""
+    msgs = body.get("messages") or []
+    digest = hashlib.sha256(json.dumps([msgs, body.get("seed")], sort_keys=True).encode()).hexdigest()[:12]
+    last = str(msgs[-1].get("content", ""))[:40] if msgs else ""
+    return f"[{body.get('model')}] answer {digest} to: {last}"
+
+
+def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
+             retry_after: float = 0.2, hang: float = 3600.0):
+    from aiohttp import web
+
+    rng = random.Random(seed)
+    stats: Counter = Counter()
+    in_flight = {"now": 0, "max": 0}
+
+    async def chat(request: web.Request):
+        stats["requests"] += 1
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        try:
+            raw = await request.read()
+            body = json.loads(raw or b"{}")
+            fault = rng.choice(faults) if fault_rate and rng.random() < fault_rate else None
+            if latency:
+                await asyncio.sleep(latency)
+            if fault:
+                stats[f"fault_{fault}"] += 1
+            if fault == "429":
+                return web.json_response({"error": {"message": "rate limited (stub)", "type": "rate_limit"}},
+                                         status=429, headers={"Retry-After": str(retry_after)})
+            if fault in ("500", "503"):
+                return web.json_response({"error": {"message": f"stub fault {fault}", "type": "server_error"}},
+                                         status=int(fault))
+            if fault == "hang":
+                await asyncio.sleep(hang)
+            if fault == "reset":
+                request.transport.abort() if request.transport else None
+                raise ConnectionResetError("stub reset")
+            if fault == "malformed":
+                return web.Response(text='{"id": "x", "choices": [ {"message": ', content_type="application/json")
+            text = answer_text(body)
+            n_in = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+            payload = {
+                "id": f"stub-{stats['requests']}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", "stub"),
+                "choices": [] if fault == "empty" else [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": len(text.split()),
+                          "total_tokens": n_in + len(text.split())},
+            }
+            stats["ok" if fault != "empty" else "fault_empty_sent"] += 1
+            return web.json_response(payload)
+        finally:
+            in_flight["now"] -= 1
+
+    async def get_stats(request):
+        return web.json_response({**stats, "max_in_flight": in_flight["max"]})
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", get_stats)
+    return app
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--fault-rate", type=float, default=0.0)
+    ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retry-after", type=float, default=0.2)
+    a = ap.parse_args(argv)
+    from aiohttp import web
+
+    async def serve():
+        app = make_app(a.latency, a.fault_rate, tuple(a.faults.split(",")), a.seed, a.retry_after)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", a.port, backlog=1024)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        print(f"STUB READY {port}", flush=True)
+        while True:
+            await asyncio.sleep(3600)
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+class StubServer:
+    """Start the stub in a subprocess: ``with StubServer(latency=0.1) as s: s.api_base``."""
+
+    def __init__(self, **options):
+        self.options = options
+        self.proc = None
+        self.port = None
+
+    def __enter__(self):
+        args = [sys.executable, "-m", "moakit.testing.stub_server"]
+        for k, v in self.options.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        line = self.proc.stdout.readline()
+        if not line.startswith("STUB READY"):
+            self.proc.kill()
+            raise RuntimeError(f"stub server did not start: {line!r}")
+        self.port = int(line.split()[-1])
+        return self
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    def model(self, name: str = "stub") -> dict:
+        """A ``models=`` entry sending an agent to this stub through litellm's OpenAI path."""
+        return {"model": f"openai/{name}", "api_base": self.api_base, "api_key": "sk-stub-not-a-real-key-000000"}
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+if __name__ == "__main__":
+    main()
