@@ -192,7 +192,7 @@ class TraceStore:
                    (SELECT coalesce(sum(c.cached), 0) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls_cached,
                    (SELECT sum(c.input_tokens) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS input_tokens,
                    (SELECT sum(c.output_tokens) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS output_tokens,
-                   (SELECT sum(c.cost_usd) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call'
+                   (SELECT coalesce(sum(c.cost_usd), 0) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call'
                         AND c.cached = 0) AS cost_usd,
                    t.text AS output, r.error
             FROM spans r LEFT JOIN texts t ON t.hash = r.output_hash
