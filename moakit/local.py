@@ -10,6 +10,7 @@ model instance is shared by the process; llama.cpp is not re-entrant, so calls t
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.resources
 import os
 import threading
@@ -44,7 +45,17 @@ def get_llama():
                 raise RuntimeError("the embedded model needs llama-cpp-python (pip install llama-cpp-python)") from e
             _llama = Llama(model_path=str(model_path()), n_ctx=N_CTX, n_threads=os.cpu_count() or 2,
                            n_batch=512, verbose=False, seed=0)
+            atexit.register(_close)  # free it before interpreter teardown (avoids noise in __del__)
     return _llama
+
+
+def _close() -> None:
+    global _llama
+    if _llama is not None:
+        try:
+            _llama.close()
+        finally:
+            _llama = None
 
 
 def generate(messages: list[dict], *, temperature: float = 0.7, max_tokens: int = 256,

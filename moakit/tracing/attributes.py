@@ -50,3 +50,11 @@ ERROR_MESSAGE = "moakit.error"
 
 # Attributes whose (long, repeated) text is stored once, content-addressed.
 CONTENT_ATTRIBUTES = (INPUT_MESSAGES, OUTPUT_MESSAGES, SYSTEM_INSTRUCTIONS, OUTPUT)
+
+# Attributes kept in indexed columns of the spans table (attribute -> column).
+PROMOTED = {
+    STEP_INDEX: "step_index", STEP_KIND: "step", AGENT: "agent", REQUEST_MODEL: "model",
+    SAMPLE: "sample", USAGE_INPUT_TOKENS: "input_tokens", USAGE_OUTPUT_TOKENS: "output_tokens",
+    COST_USD: "cost_usd", REQUEST_KEY: "request_key", CACHED: "cached", ATTEMPT: "attempt",
+    SPAN_KIND: "kind",
+}

@@ -16,12 +16,7 @@ from . import attributes as A
 from .redact import redact
 from .store import TraceStore, text_hash
 
-_PROMOTED = {
-    A.STEP_INDEX: "step_index", A.STEP_KIND: "step", A.AGENT: "agent", A.REQUEST_MODEL: "model",
-    A.SAMPLE: "sample", A.USAGE_INPUT_TOKENS: "input_tokens", A.USAGE_OUTPUT_TOKENS: "output_tokens",
-    A.COST_USD: "cost_usd", A.REQUEST_KEY: "request_key", A.CACHED: "cached", A.ATTEMPT: "attempt",
-    A.SPAN_KIND: "kind",
-}
+_PROMOTED = A.PROMOTED
 
 
 def _hex(n: int, width: int) -> str:

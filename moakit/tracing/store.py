@@ -217,6 +217,11 @@ class TraceStore:
         from . import attributes as A
 
         attrs = json.loads(row.get("attributes") or "{}")
+        for key, col in A.PROMOTED.items():
+            v = row.get(col)
+            if v is not None and v == v:  # not None / NaN
+                attrs[key] = bool(v) if col == "cached" else (int(v) if isinstance(v, float) and col in (
+                    "step_index", "sample", "input_tokens", "output_tokens", "attempt") else v)
         if row.get("input_hash"):
             attrs[A.INPUT_MESSAGES] = self.text(row["input_hash"])
         if row.get("system_hash"):
