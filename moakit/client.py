@@ -207,8 +207,10 @@ class Client:
             why = "offline=True" if self.offline else f"{req.spec.model} holds imported outputs only"
             raise ReplayMiss(
                 f"no recorded call for step {req.step_index} ({req.step_kind}), agent {req.agent!r}, model "
-                f"{req.spec.model!r} (request key {req.key}); {why}, so it cannot be made. Run without offline=True "
-                "(or with fill) to record it.",
+                f"{req.spec.model!r} (request key {req.key}); {why}, so it cannot be made. "
+                + ("Run without offline=True (or with fill) to record it." if self.offline else
+                   "Import this agent's output for this query (store.import_outputs), or map the agent to a "
+                   "real model in models=."),
                 step=req.step_index, agent=req.agent, model=req.spec.model, request_key=req.key)
         if _litellm is None:  # import (seconds) off the event loop and before any span starts
             await asyncio.to_thread(get_litellm)

@@ -141,18 +141,22 @@ class _Runner:
         self.rng = random.Random(plan.rng_seed)
         self.occurrences: Counter = Counter()
         self.totals = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        self.paid = self.reused = 0  # this run's own counts (a batch's runs share one client)
 
     def request(self, agent: str, sample: int, messages: list[dict], step: S.Step, index: int,
                 shown: Sequence[Response] = ()) -> CallRequest:
         spec = self.plan.specs[agent]
         mt = step.max_tokens if self.plan.max_tokens is None else min(step.max_tokens, self.plan.max_tokens)
+        model_seed = self.plan.model_seed
+        if spec.is_recorded:  # imported outputs were keyed with the step's own settings and no seed
+            mt, model_seed = step.max_tokens, None
         base = request_hash(agent=agent, model=spec.model, messages=messages, temperature=step.temp,
-                            max_tokens=mt, seed=self.plan.model_seed)
+                            max_tokens=mt, seed=model_seed)
         occ = self.occurrences[base]
         self.occurrences[base] += 1  # assigned before any await: deterministic under concurrency
         key = request_key(base, occ)
         return CallRequest(agent=agent, sample=sample, spec=spec, messages=messages, temperature=step.temp,
-                           max_tokens=mt, key=key, seed=derived_seed(self.plan.model_seed, key), step_index=index,
+                           max_tokens=mt, key=key, seed=derived_seed(model_seed, key), step_index=index,
                            step_kind=step.kind, sources=[r.span_id for r in shown],
                            source_agents=[r.agent for r in shown])
 
@@ -164,6 +168,10 @@ class _Runner:
             t["input_tokens"] += r.input_tokens
             t["output_tokens"] += r.output_tokens
             t["cost_usd"] += r.cost_usd
+            if r.cached:
+                self.reused += 1
+            elif r.text is not None:
+                self.paid += 1
         return results
 
     async def step(self, index: int, step: S.Step, responses: list[Response], span) -> list[Response]:
@@ -260,7 +268,6 @@ class _Runner:
         if batch_id is not None:
             attrs[A.BATCH_ID] = batch_id
             attrs[A.BATCH_ITEM] = batch_item
-        paid0, reused0 = self.client.paid, self.client.reused
         responses: list[Response] = []
         error = None
         with self.tracer.start_as_current_span("invoke_workflow moakit", attributes=attrs,
@@ -295,7 +302,7 @@ class _Runner:
                 if output is not None:
                     run_span.set_attribute(A.OUTPUT, output)
                 run_span.set_status(Status(StatusCode.OK))
-            paid, reused = self.client.paid - paid0, self.client.reused - reused0
+            paid, reused = self.paid, self.reused
             run_span.set_attributes({"moakit.calls_paid": paid, "moakit.calls_reused": reused})
         return Result(output=output, trace_id=trace_id, store=self.client.tracer_store, error=error,
                       responses=list(responses), seed=plan.rng_seed, calls_paid=paid, calls_reused=reused,
