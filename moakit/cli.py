@@ -3,6 +3,8 @@
     moakit pipelines
     moakit run PIPELINE "QUERY" [--models local] [--seed N] [--traces PATH] [--max-tokens N]
     moakit traces ls|show TRACE|export PATH|replay TRACE [--traces PATH]
+    moakit traces export traces.parquet | out.jsonl | http://127.0.0.1:4318/v1/traces [--trace ID]
+    moakit traces import model_outputs.json [--agent NAME]
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ def cmd_traces(args) -> int:
     store = _store(args.traces)
     if args.action == "ls":
         runs = store.runs()
+        imported = store.query("SELECT agent, model, count(*) FROM spans WHERE kind='call' AND cached=0 "
+                               "AND model LIKE 'recorded/%' GROUP BY agent, model ORDER BY agent")
         if runs.empty:
             print(f"no runs in {store.path}")
-            return 0
-        cols = ["trace_id", "pipeline", "calls", "calls_cached", "input_tokens", "output_tokens", "cost_usd",
-                "duration_s", "error"]
-        print(runs[cols].to_string(index=False))
+        else:
+            cols = ["trace_id", "pipeline", "calls", "calls_cached", "input_tokens", "output_tokens", "cost_usd",
+                    "duration_s", "error"]
+            print(runs[cols].to_string(index=False))
+        for agent, model, n in imported:
+            print(f"imported: agent {agent!r} ({model}): {n} outputs")
         return 0
     if args.action == "show":
         tid = store.resolve_trace_id(args.target)
@@ -81,7 +87,7 @@ def cmd_traces(args) -> int:
     if args.action == "export":
         from .tracing.io import export
 
-        n = export(store, args.target, format=args.format)
+        n = export(store, args.target, format=args.format, trace_id=args.trace)
         print(f"exported {n} spans to {args.target}")
         return 0
     if args.action == "import":
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--traces", help="trace file (default $MOAKIT_TRACES or traces/moakit.db)")
     t.add_argument("--format", default=None, help="export format: jsonl, parquet or otlp (default from the path)")
     t.add_argument("--agent", help="import: the agent name to record the outputs under")
+    t.add_argument("--trace", action="append", help="export: only this trace (id or unique prefix; repeatable)")
     t.add_argument("--fill", action="store_true", help="replay: call the model for calls missing from the store")
     t.set_defaults(fn=cmd_traces)
     return ap

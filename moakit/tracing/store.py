@@ -222,11 +222,11 @@ class TraceStore:
             if v is not None and v == v:  # not None / NaN
                 attrs[key] = bool(v) if col == "cached" else (int(v) if isinstance(v, float) and col in (
                     "step_index", "sample", "input_tokens", "output_tokens", "attempt") else v)
-        if row.get("input_hash"):
+        if isinstance(row.get("input_hash"), str):  # not None / NaN (rows from a DataFrame)
             attrs[A.INPUT_MESSAGES] = self.text(row["input_hash"])
-        if row.get("system_hash"):
+        if isinstance(row.get("system_hash"), str):  # not None / NaN (rows from a DataFrame)
             attrs[A.SYSTEM_INSTRUCTIONS] = self.text(row["system_hash"])
-        if row.get("output_hash"):
+        if isinstance(row.get("output_hash"), str):  # not None / NaN (rows from a DataFrame)
             out = self.text(row["output_hash"])
             if row.get("kind") == "run":
                 attrs[A.OUTPUT] = out
@@ -300,6 +300,20 @@ class TraceStore:
     def recorded_agents(self) -> dict[str, str]:
         """Agents whose outputs were imported (model ``recorded/...``): agent -> model."""
         return dict(self.query("SELECT DISTINCT agent, model FROM spans WHERE kind='call' AND model LIKE 'recorded/%'"))
+
+    # ---- import / export (moakit.tracing.io) ------------------------------------------------
+    def import_outputs(self, path: str | os.PathLike, agent: str | None = None, **kwargs) -> int:
+        """Record AlpacaEval ``model_outputs.json`` outputs as Propose calls of ``agent`` (default:
+        each record's generator); see :func:`moakit.tracing.io.import_outputs`."""
+        from .io import import_outputs
+
+        return import_outputs(self, path, agent=agent, **kwargs)
+
+    def export(self, path_or_endpoint: str | os.PathLike, format: str | None = None, **kwargs) -> int:
+        """Export spans to JSONL, Parquet or an OTLP/HTTP collector; see :func:`moakit.tracing.io.export`."""
+        from .io import export
+
+        return export(self, path_or_endpoint, format=format, **kwargs)
 
 
 def _maybe_json(v):
