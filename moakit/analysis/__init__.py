@@ -1,0 +1,81 @@
+"""Research analyses over traces, each returning a pandas DataFrame (the widgets draw them).
+
+* :func:`positional_bias` / :func:`bias_summary`: does the aggregator favour a position?
+* :func:`ablate` / :func:`robustness_variants`: pipeline variants (Shuffle, Dropout, ...) scored
+  with intervals, identical calls paid once.
+* :func:`impact` / :func:`table4` / :func:`impact_summary`: aggregator vs proposer choice.
+* :mod:`moakit.analysis.scorers`: exact, normalised, numeric, answer, ROUGE-L, embedding and
+  LLM-judge scorers; :func:`as_scorer` wraps any callable.
+* :func:`questions`: the small question set with reference answers shipped with moakit.
+
+Imports are lazy: ``import moakit.analysis`` loads neither pandas nor numpy.
+See docs/analysis.md for what each estimate means and how its statistics are computed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "positional_bias": "bias", "bias_summary": "bias", "bias_inputs": "bias", "BIAS_COLUMNS": "bias",
+    "ablate": "ablation", "ablation_summary": "ablation", "robustness_variants": "ablation",
+    "ABLATION_COLUMNS": "ablation", "ITEM_COLUMNS": "ablation",
+    "impact": "impact", "table4": "impact", "paper_table4": "impact", "impact_summary": "impact",
+    "IMPACT_COLUMNS": "impact", "TABLE4_COLUMNS": "impact",
+    "Scorer": "scorers", "as_scorer": "scorers", "exact_match": "scorers", "normalized_match": "scorers",
+    "numeric_match": "scorers", "answer_match": "scorers", "rouge_l": "scorers",
+    "embedding_similarity": "scorers", "llm_judge": "scorers",
+}
+
+__all__ = sorted([*_EXPORTS, "questions", "reading", "scorers", "bias", "ablation", "impact"])
+
+
+def reading(df) -> str:
+    """The one-line reading of any analysis DataFrame of this package: positional bias
+    (:func:`bias_summary`), impact (:func:`impact_summary`) or ablation (each variant against
+    the baseline). The widgets show it under their charts."""
+    cols = set(getattr(df, "columns", ()))
+    if {"influence", "position", "measure"} <= cols:
+        from .bias import bias_summary
+
+        return bias_summary(df)
+    if {"level", "factor", "aggregator", "proposers"} <= cols:
+        from .impact import impact_summary
+
+        return impact_summary(df)
+    if {"variant", "score", "delta"} <= cols:
+        from .ablation import ablation_reading
+
+        return ablation_reading(df)
+    raise ValueError(f"not a moakit.analysis result (columns {sorted(cols)})")
+
+
+def questions():
+    """The shipped question set (40 short factual and arithmetic questions written for moakit,
+    with reference answers): a DataFrame with columns id, category, answer_type (``number`` or
+    ``text``), question, reference (the canonical answer) and aliases (every accepted answer).
+
+    Made for offline demos of Vote and the scorers on the embedded model; score it with
+    ``scorers.answer_match()`` (numbers by value, text by whole-word containment)."""
+    import importlib.resources
+    import json
+
+    import pandas as pd
+
+    text = importlib.resources.files("moakit").joinpath("data/questions.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return pd.DataFrame(rows, columns=["id", "category", "answer_type", "question", "reference", "aliases"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"moakit.analysis.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in ("scorers", "bias", "ablation", "impact"):
+        return importlib.import_module(f"moakit.analysis.{name}")
+    raise AttributeError(f"module 'moakit.analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
