@@ -181,9 +181,11 @@ class TraceStore:
             df[col] = [_maybe_json(a.get(key)) for a in attrs]
         return df
 
-    def runs(self):
-        """One row per run: trace_id, pipeline, started, duration_s, calls, tokens, cost, output, error."""
-        df = self.frame("""
+    def runs(self, trace_id: str | Sequence[str] | None = None):
+        """One row per run: trace_id, pipeline, started, duration_s, calls, tokens, cost, output, error.
+        ``trace_id`` (one id or a list) restricts it to those runs."""
+        where, params = self._where(trace_id, "run")
+        df = self.frame(f"""
             SELECT r.trace_id, r.span_id, json_extract(r.attributes, '$."moakit.pipeline.name"') AS pipeline,
                    json_extract(r.attributes, '$."moakit.seed"') AS seed,
                    json_extract(r.attributes, '$."moakit.batch.id"') AS batch_id,
@@ -196,7 +198,7 @@ class TraceStore:
                         AND c.cached = 0) AS cost_usd,
                    t.text AS output, r.error
             FROM spans r LEFT JOIN texts t ON t.hash = r.output_hash
-            WHERE r.kind = 'run' ORDER BY r.start_ns""")
+            WHERE {where.replace("s.", "r.")} ORDER BY r.start_ns""", params)
         return df
 
     def spans(self, trace_id: str | Sequence[str] | None = None):
@@ -270,6 +272,31 @@ class TraceStore:
                              "output": c.output, "error": c.error})
         return pd.DataFrame(rows)
 
+    def call_contents(self, span_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What a few calls were sent, for viewers that load content a page at a time:
+        span id -> {"messages": [{"role", "content"}] (empty when content recording was off),
+        "input_agents": agents behind the numbered responses shown, "temperature", "max_tokens",
+        "finish_reasons", "replayed_from" (the span a cached call was served from)}."""
+        from . import attributes as A
+
+        ids = list(span_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows = self.query(f"""SELECT s.span_id, ti.text, ts.text, s.attributes FROM spans s
+                                  LEFT JOIN texts ti ON ti.hash = s.input_hash LEFT JOIN texts ts ON ts.hash = s.system_hash
+                                  WHERE s.span_id IN ({', '.join('?' * len(chunk))})""", chunk)
+            for span_id, inp, system, attrs in rows:
+                a = json.loads(attrs or "{}")
+                msgs = [{"role": "system", "content": _parts_text(system)}] if system else []
+                for m in json.loads(inp or "[]"):
+                    msgs.append({"role": m.get("role"), "content": _parts_text(m.get("parts", m.get("content")))})
+                out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
+                                "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
+                                "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
+                                "replayed_from": a.get("moakit.replayed_from")}
+        return out
+
     # ---- replay ----------------------------------------------------------------------------
     def cache_index(self) -> dict[str, tuple[str, str]]:
         """request key -> (span id, output text hash) of the first good call recorded for it."""
@@ -323,3 +350,16 @@ def _maybe_json(v):
         except ValueError:
             return v
     return v
+
+
+def _parts_text(v) -> str:
+    """Plain text of a GenAI-semconv message content: a string, or a list of {"type": "text", "content"} parts."""
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v[:1] == "[" else v
+        except ValueError:
+            return v
+    if isinstance(v, list):
+        return "".join(p.get("content", "") if isinstance(p, dict) else str(p) for p in v
+                       if not isinstance(p, dict) or p.get("type", "text") == "text")
+    return "" if v is None else str(v)
