@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import importlib
 
+# The function ``impact`` shares its name with its module: bind the function now (the module
+# imports nothing heavy), so a later ``import moakit.analysis.impact`` cannot shadow it.
+from .impact import impact  # noqa: E402,F401
+
 _EXPORTS = {
     "positional_bias": "bias", "bias_summary": "bias", "bias_inputs": "bias", "BIAS_COLUMNS": "bias",
     "ablate": "ablation", "ablation_summary": "ablation", "robustness_variants": "ablation",
     "ABLATION_COLUMNS": "ablation", "ITEM_COLUMNS": "ablation",
-    "impact": "impact", "table4": "impact", "paper_table4": "impact", "impact_summary": "impact",
+    "table4": "impact", "paper_table4": "impact", "impact_summary": "impact",
     "IMPACT_COLUMNS": "impact", "TABLE4_COLUMNS": "impact",
     "Scorer": "scorers", "as_scorer": "scorers", "exact_match": "scorers", "normalized_match": "scorers",
     "numeric_match": "scorers", "answer_match": "scorers", "rouge_l": "scorers",
     "embedding_similarity": "scorers", "llm_judge": "scorers",
 }
 
-__all__ = sorted([*_EXPORTS, "questions", "reading", "scorers", "bias", "ablation", "impact"])
+__all__ = sorted([*_EXPORTS, "impact", "questions", "reading", "scorers", "bias", "ablation"])
 
 
 def reading(df) -> str:
@@ -72,7 +76,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f"moakit.analysis.{_EXPORTS[name]}"), name)
         globals()[name] = value
         return value
-    if name in ("scorers", "bias", "ablation", "impact"):
+    if name in ("scorers", "bias", "ablation"):
         return importlib.import_module(f"moakit.analysis.{name}")
     raise AttributeError(f"module 'moakit.analysis' has no attribute {name!r}")
 

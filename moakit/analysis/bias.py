@@ -13,8 +13,11 @@ beyond chance. For a model that copies the response at position 1 with probabili
 otherwise picks uniformly among the n shown, influence_1 = p exactly and every other
 position gets -p/(n-1) (they lose what position 1 wins).
 
-Intervals are percentile bootstraps over runs (traces: calls of one run share their inputs,
-so they are resampled together); the test of "no positional effect" is a Monte Carlo test:
+Intervals: when every run holds one analysed call of the block, the calls are independent
+and each position's picks are binomial: Wilson's interval for the rate, mapped through the
+chance correction (honest for small n and for rates of 0 or 1). Otherwise a percentile
+bootstrap over runs (traces: calls of one run share their inputs, so they are resampled
+together). The test of "no positional effect" is a Monte Carlo test:
 the chi-square distance between observed and chance counts, compared with the same
 statistic under independent uniform choices with each call's own n_shown (and kept count).
 
@@ -34,7 +37,8 @@ __all__ = ["positional_bias", "bias_summary", "bias_inputs", "COPY_STEPS", "BIAS
 
 COPY_STEPS = ("Synthesize", "Aggregate", "Vote")
 BIAS_COLUMNS = ["measure", "step", "aggregator", "position", "source_agent", "n", "n_calls", "rate", "chance",
-                "lift", "influence", "ci_low", "ci_high", "similarity", "p_value", "p_position", "confounded"]
+                "lift", "influence", "ci_low", "ci_high", "similarity", "p_value", "p_position", "confounded",
+                "ci_method"]
 INPUT_COLUMNS = ["trace_id", "span_id", "step", "aggregator", "measure", "position", "n_shown", "source_agent",
                  "similarity", "weight", "k"]
 
@@ -233,12 +237,27 @@ def _estimate(g, label_col: str, n_boot: int, n_sim: int, rng):
     np.add.at(Ag, cl_of_call, A)
     np.add.at(Eg, cl_of_call, E)
     lo = hi = np.full(L, np.nan)
-    if n_boot and G > 1:
+    calls_per_cluster = np.bincount(cl_of_call, minlength=G)
+    if G and calls_per_cluster.max() == 1 and A.max() <= 1:
+        # independent calls, each label shown at most once: the picks of a label are binomial.
+        # Wilson's interval for the rate, mapped through the (monotone) chance correction: it
+        # stays honest for small n and for rates of 0 or 1, where the bootstrap collapses.
+        from .ablation import wilson
+
+        method = "wilson"
+        bounds = np.array([wilson(float(w), int(a)) if a else (np.nan, np.nan) for w, a in zip(W.sum(0), A.sum(0))])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lo = (bounds[:, 0] - chance) / (1 - chance)
+            hi = (bounds[:, 1] - chance) / (1 - chance)
+    elif n_boot and G > 1:
+        method = "bootstrap"
         B = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot).astype(float)
         _, _, infl_b = stats(B @ Wg, B @ Ag, B @ Eg)
         with np.errstate(all="ignore"):
             lo = np.nanpercentile(infl_b, 2.5, axis=0)
             hi = np.nanpercentile(infl_b, 97.5, axis=0)
+    else:
+        method = "none"
 
     # Monte Carlo test of "no positional (or agent) effect": each call picks k of its shown
     # responses uniformly at random
@@ -276,7 +295,7 @@ def _estimate(g, label_col: str, n_boot: int, n_sim: int, rng):
             "lift": float(rate[j] / chance[j]) if chance[j] > 0 else math.nan, "influence": float(infl[j]),
             "ci_low": float(lo[j]), "ci_high": float(hi[j]),
             "similarity": float(S[:, j].sum() / A[:, j].sum()) if has_sim and A[:, j].sum() else math.nan,
-            "p_value": p_value, "p_position": float(p_pos[j]),
+            "p_value": p_value, "p_position": float(p_pos[j]), "ci_method": method,
         })
     return out
 
@@ -300,7 +319,8 @@ def positional_bias(source, *, by: str | None = None, store: Any = None, n_boot:
             block per step kind), ``"aggregator"`` (one block per aggregating agent) or
             ``"agent"`` (rows per *source agent* instead of position: does the aggregator favour
             a model, whatever its position?).
-        n_boot: bootstrap resamples (over runs) for ``ci_low``/``ci_high``; 0 skips them.
+        n_boot: bootstrap resamples (over runs) for ``ci_low``/``ci_high`` when runs hold
+            several analysed calls; 0 skips them.
         seed: seed of the bootstrap and of the Monte Carlo test (results are reproducible).
         similarity: how "the output draws on a response" is measured to find the copied one:
             ``"containment"`` (default: ROUGE-L precision, the share of the output's tokens
@@ -317,11 +337,13 @@ def positional_bias(source, *, by: str | None = None, store: Any = None, n_boot:
         position (1-based; None with ``by="agent"``), source_agent (with ``by="agent"``, else
         None), n (calls that showed this position/agent), n_calls (calls in the block), rate
         (share of picks), chance (rate expected with no effect), lift (rate / chance),
-        influence (chance-corrected rate, see the module doc), ci_low / ci_high (95%
-        percentile bootstrap over runs), similarity (mean similarity of the output to this
+        influence (chance-corrected rate, see the module doc), ci_low / ci_high (95% interval
+        of influence: Wilson when calls are independent, else a bootstrap over runs; the
+        method is in ci_method), similarity (mean similarity of the output to this
         position's response; NaN for Rank), p_value (Monte Carlo test of no effect over the
         block, repeated on each of its rows), p_position (the same test for this row alone,
-        two-sided), confounded (position and source agent never varied independently).
+        two-sided), confounded (position and source agent never varied independently),
+        ci_method (``"wilson"``, ``"bootstrap"`` or ``"none"``).
         ``df.attrs`` holds n_boot, n_sim, similarity and the number of calls analysed.
     """
     import numpy as np
@@ -345,7 +367,8 @@ def positional_bias(source, *, by: str | None = None, store: Any = None, n_boot:
             for r in _estimate(g, label, n_boot, n_sim, rng):
                 rows.append({"measure": meta["measure"], "step": step_label, "aggregator": meta.get("aggregator"),
                              "position": r.pop("position", None), "source_agent": r.pop("source_agent", None),
-                             **r, "confounded": conf})
+                             **{k: v for k, v in r.items() if k != "ci_method"}, "confounded": conf,
+                             "ci_method": r["ci_method"]})
     df = pd.DataFrame(rows, columns=BIAS_COLUMNS)
     if len(df):
         df["position"] = df["position"].astype("Int64")
