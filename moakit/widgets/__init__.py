@@ -1,6 +1,29 @@
-"""ipywidgets views over traces and analysis results. They draw; they compute no statistics."""
+"""ipywidgets views over traces and analysis results. They draw; they compute no statistics.
+
+* :class:`~moakit.widgets.tree.PipelineTree`: one run, run -> steps -> calls.
+* :class:`~moakit.widgets.tree.BatchView`: many runs, a page at a time.
+* :class:`~moakit.widgets.bias.BiasView`: a positional-bias DataFrame drawn with its intervals.
+* :class:`~moakit.widgets.ablation.AblationView`: an ablation DataFrame: score with intervals,
+  tokens, cost, calls paid and reused.
+
+All are built from stock ipywidgets (HTML, VBox, HBox, Accordion), so a saved notebook shows them
+without a kernel. See ``docs/widgets.md``.
+"""
 
 from __future__ import annotations
+
+_LAZY = {"PipelineTree": "tree", "BatchView": "tree", "BiasView": "bias", "AblationView": "ablation",
+         "ImpactView": "ablation"}
+
+__all__ = ["show", "show_result", "view", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def show_result(result):
@@ -12,12 +35,26 @@ def show_result(result):
     display(PipelineTree(result.store, result.trace_id).widget())
 
 
-def show(trace_id: str, store=None):
-    """Show a stored run's pipeline tree: ``moakit.show(trace_id)``."""
-    from IPython.display import display
-
+def view(runs, store=None, **kwargs):
+    """The view of stored runs: a :class:`PipelineTree` for one trace id (a unique prefix is
+    enough), a :class:`BatchView` for a list of trace ids or a ``run_batch`` DataFrame."""
     from ..engine import open_store
-    from .tree import PipelineTree
+    from .tree import BatchView, PipelineTree
 
     store = open_store(store)
-    display(PipelineTree(store, store.resolve_trace_id(trace_id)).widget())
+    if isinstance(runs, str):
+        return PipelineTree(store, runs, **kwargs)
+    if hasattr(runs, "trace_id") and hasattr(runs, "store") and not hasattr(runs, "columns"):  # a Result
+        return PipelineTree(runs.store, runs.trace_id, **kwargs)
+    return BatchView(store, runs, **kwargs)
+
+
+def show(trace_id, store=None, **kwargs):
+    """Show stored runs: ``moakit.show(trace_id)`` draws one run's tree; a list of trace ids or
+    a ``run_batch`` DataFrame draws the batch view. ``store`` is a TraceStore or a path
+    (default ``$MOAKIT_TRACES`` or ``traces/moakit.db``)."""
+    from IPython.display import display
+
+    v = view(trace_id, store, **kwargs)
+    display(v.widget())
+    return None

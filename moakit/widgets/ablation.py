@@ -1,0 +1,175 @@
+"""Ablation view (and the aggregator-vs-proposer impact view): scores with confidence
+intervals, what each variant cost (tokens, dollars, calls paid and reused), a table of the
+numbers beside the charts, and a one-line reading.
+
+``AblationView(df)`` takes the DataFrame of :func:`moakit.analysis.ablate` (columns
+``variant, score, ci_low, ci_high, input_tokens, output_tokens, cost_usd, calls_paid,
+calls_reused``). ``ImpactView(result)`` takes what :func:`moakit.analysis.impact` returns.
+They draw; the statistics and the reading come from :mod:`moakit.analysis`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._chart import chart_widget, reading_html, table_html
+from .bias import _reading
+
+
+class AblationView:
+    """Score by variant with its interval (left), calls paid vs reused per variant (below),
+    the table of every number (right), the reading (top). State: ``table``, ``reading``,
+    ``spec`` (Vega-Lite dict of the charts), ``variants`` (in the order drawn)."""
+
+    def __init__(self, df, reading: str | None = None, *, title: str | None = None, variant: str = "variant",
+                 score: str = "score"):
+        missing = [c for c in (variant, score) if c not in df.columns]
+        if missing:
+            raise ValueError(f"the ablation DataFrame lacks {missing}; it has {list(df.columns)} "
+                             "(give the output of moakit.analysis.ablate)")
+        self.table = df.reset_index(drop=True)
+        self.variant, self.score = variant, score
+        self.variants = [str(v) for v in self.table[variant]]
+        self.reading = reading if reading is not None else _reading(df)
+        self.title = title or f"{score} by variant"
+        self._widget = None
+
+    def chart(self):
+        import altair as alt
+
+        data = self.table.copy()
+        data[self.variant] = data[self.variant].astype(str)
+        y = alt.Y(f"{self.variant}:N", sort=self.variants, title=None)
+        base = alt.Chart(data).encode(y=y)
+        layers = []
+        if {"ci_low", "ci_high"} <= set(data.columns):
+            layers.append(base.mark_rule(strokeWidth=2, color="#1f5fa8").encode(
+                x=alt.X("ci_low:Q", title=self.score), x2="ci_high:Q"))
+        layers.append(base.mark_point(filled=True, size=80, color="#1f5fa8").encode(
+            x=alt.X(f"{self.score}:Q", title=self.score),
+            tooltip=[c for c in data.columns if c in (self.variant, self.score, "ci_low", "ci_high")]))
+        height = max(60, 28 * len(data))
+        score_chart = alt.layer(*layers).properties(width=300, height=height,
+                                                    title=alt.TitleParams(self.title, subtitle="95% interval"))
+        charts = [score_chart]
+        if {"calls_paid", "calls_reused"} <= set(data.columns):
+            calls = data.melt(id_vars=[self.variant], value_vars=["calls_paid", "calls_reused"], var_name="calls",
+                              value_name="count")
+            calls["calls"] = calls["calls"].str.replace("calls_", "", regex=False)
+            charts.append(alt.Chart(calls).mark_bar().encode(
+                y=y, x=alt.X("count:Q", stack="zero", title="calls"),
+                color=alt.Color("calls:N", scale=alt.Scale(domain=["paid", "reused"], range=["#e07b39", "#5aa469"]),
+                                title=None)).properties(width=300, height=height, title="calls paid and reused"))
+        tok = [c for c in ("input_tokens", "output_tokens") if c in data.columns]
+        if tok:
+            t = data.melt(id_vars=[self.variant], value_vars=tok, var_name="tokens", value_name="count")
+            t["tokens"] = t["tokens"].str.replace("_tokens", "", regex=False)
+            charts.append(alt.Chart(t).mark_bar().encode(
+                y=y, x=alt.X("count:Q", stack="zero", title="tokens"),
+                color=alt.Color("tokens:N", scale=alt.Scale(domain=["input", "output"], range=["#8da0cb", "#1f5fa8"]),
+                                title=None)).properties(width=300, height=height, title="tokens"))
+        return alt.vconcat(*charts).resolve_scale(color="independent")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.chart().to_dict()
+
+    def table_columns(self) -> list[str]:
+        first = [c for c in (self.variant, self.score, "ci_low", "ci_high", "n", "input_tokens", "output_tokens",
+                             "cost_usd", "calls_paid", "calls_reused") if c in self.table.columns]
+        return first + [c for c in self.table.columns if c not in first]
+
+    def widget(self):
+        if self._widget is not None:
+            return self._widget
+        import ipywidgets as w
+
+        table = w.HTML(table_html(self.table, self.table_columns(), money_cols=("cost_usd",)))
+        body = w.HBox([chart_widget(self.chart()), table],
+                      layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
+        self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
+        self._widget.add_class("moakit-ablation")
+        return self._widget
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget()._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"AblationView({len(self.table)} variants: {self.reading or ''})"
+
+
+class ImpactView:
+    """The aggregator-vs-proposer grid of :func:`moakit.analysis.impact`: the score of every
+    (aggregator, proposer set) cell as a heat map, the marginal score of each aggregator and
+    each proposer set with intervals, the two effects and their ratio, the Table 4 layout
+    (score as aggregator / as proposer) beside them, and the reading.
+
+    State: ``table`` (the impact DataFrame), ``table4`` (the paper layout), ``effects`` (the
+    ``level == "effect"`` rows), ``reading``, ``spec``."""
+
+    def __init__(self, df, reading: str | None = None, *, title: str | None = None):
+        need = {"level", "aggregator", "proposers", "score", "ci_low", "ci_high"}
+        if not need <= set(df.columns):
+            raise ValueError(f"the impact DataFrame lacks {sorted(need - set(df.columns))} "
+                             "(give the output of moakit.analysis.impact)")
+        from ..analysis import table4
+
+        self.table = df.reset_index(drop=True)
+        self.table4 = table4(self.table)
+        self.effects = self.table[self.table["level"] == "effect"].reset_index(drop=True)
+        self.reading = reading if reading is not None else _reading(df)
+        self.title = title or "score by aggregator and proposer set"
+        self._widget = None
+
+    def chart(self):
+        import altair as alt
+
+        cells = self.table[self.table["level"] == "cell"].copy()
+        heat = alt.Chart(cells).encode(x=alt.X("proposers:N", title="proposer set", axis=alt.Axis(labelAngle=0)),
+                                       y=alt.Y("aggregator:N", title="aggregator"))
+        grid = (heat.mark_rect().encode(color=alt.Color("score:Q", scale=alt.Scale(scheme="blues"), title="score"))
+                + heat.mark_text(fontSize=13).encode(text=alt.Text("score:Q", format=".2f"))
+                ).properties(width=90 * max(1, cells["proposers"].nunique()),
+                             height=40 * max(1, cells["aggregator"].nunique()), title=self.title)
+        marg = self.table[self.table["level"].isin(["aggregator", "proposers"])].copy()
+        marg["choice"] = marg["aggregator"].where(marg["level"] == "aggregator", marg["proposers"])
+        marg["as"] = marg["level"].map({"aggregator": "as aggregator", "proposers": "as proposer set"})
+        base = alt.Chart(marg).encode(y=alt.Y("choice:N", title=None, sort=list(dict.fromkeys(marg["choice"]))),
+                                      color=alt.Color("as:N", title=None, legend=alt.Legend(orient="bottom")))
+        margins = (base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title="marginal score"), x2="ci_high:Q")
+                   + base.mark_point(filled=True, size=70, opacity=1).encode(x="score:Q")).properties(
+            width=300, height=max(60, 26 * len(marg)),
+            title=alt.TitleParams("marginal score of each choice", subtitle="95% interval"))
+        eff = self.effects[self.effects["factor"].isin(["aggregator", "proposers"])]
+        effb = alt.Chart(eff).encode(y=alt.Y("factor:N", title=None))
+        effects = (effb.mark_rule(strokeWidth=2, color="#1f5fa8").encode(x=alt.X("ci_low:Q", title="effect"),
+                                                                          x2="ci_high:Q")
+                   + effb.mark_point(filled=True, size=70, color="#1f5fa8", opacity=1).encode(x="score:Q")).properties(
+            width=300, height=70, title=alt.TitleParams("effect of changing it (range of marginal scores)",
+                                                        subtitle="95% interval"))
+        return alt.vconcat(grid, margins, effects).resolve_scale(color="independent")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.chart().to_dict()
+
+    def widget(self):
+        if self._widget is not None:
+            return self._widget
+        import ipywidgets as w
+
+        t4 = w.HTML("<div style='font-size:12px'><b>Table 4 layout</b> (score as aggregator / as proposer)</div>"
+                    + table_html(self.table4))
+        eff = w.HTML("<div style='font-size:12px;margin-top:8px'><b>effects</b></div>"
+                     + table_html(self.effects, ["factor", "score", "ci_low", "ci_high", "n", "p_value"]))
+        body = w.HBox([chart_widget(self.chart()), w.VBox([t4, eff])],
+                      layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
+        self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
+        self._widget.add_class("moakit-impact")
+        return self._widget
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget()._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"ImpactView({len(self.table4)} choices: {self.reading or ''})"
