@@ -6,7 +6,10 @@ Every string passes through :func:`moakit.tracing.redact.redact` first."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import threading
+import weakref
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -69,20 +72,65 @@ def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 class SQLiteSpanProcessor(SpanProcessor):
-    """Writes each span to the store when it ends (one small transaction)."""
+    """Writes finished spans to the store. A paid LLM call (or a failed attempt) and a run's
+    own span are committed before ``on_end`` returns, so a crash loses no call that was paid
+    for. Step spans and calls served from the store wait and go into the same transaction as
+    the next span committed, at the latest when their run ends: a replayed run is then one
+    transaction, not one per span (a commit costs ~50 us, more than the rest of a replayed call)."""
+
+    MAX_PENDING = 512
 
     def __init__(self, store: TraceStore):
         self.store = store
+        self._rows: list[dict[str, Any]] = []
+        self._texts: dict[str, str] = {}
+        self._lock = threading.Lock()
+        _processors.add(self)
 
     def on_start(self, span, parent_context=None) -> None:  # noqa: D401 - nothing to do
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
         row, texts = span_to_row(span)
-        self.store.write([row], texts)
+        kind = row.get("kind")
+        durable = kind == "run" or span.parent is None or (kind == "call" and not row.get("cached"))
+        with self._lock:
+            self._rows.append(row)
+            self._texts.update(texts)
+            if not durable and len(self._rows) < self.MAX_PENDING:
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        """Commit every span waiting (one transaction)."""
+        with self._lock:
+            rows, texts = self._rows, self._texts
+            self._rows, self._texts = [], {}
+        if not rows:
+            return
+        try:
+            self.store.write(rows, texts)
+        except BaseException:
+            with self._lock:  # keep them for the next attempt
+                self._rows[:0] = rows
+                self._texts.update(texts)
+            raise
 
     def shutdown(self) -> None:
-        pass
+        self.flush()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.flush()
         return True
+
+
+_processors: "weakref.WeakSet[SQLiteSpanProcessor]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:  # spans that ended after their run (rare): written at exit
+    for p in list(_processors):
+        try:
+            p.flush()
+        except Exception:  # noqa: BLE001 - the store may be closed already
+            pass
