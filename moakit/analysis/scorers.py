@@ -14,6 +14,8 @@ Built in:
   whole words (chatty models rarely answer with the bare word).
 * :func:`numeric_match`: the last number in the output (digits or simple number words)
   equals the reference's number, with a tolerance.
+* :func:`answer_match`: for short answers (the shipped question set): numeric references by
+  value, text references by whole-word containment.
 * :func:`rouge_l`: ROUGE-L F1 (or precision / recall) on lower-cased word tokens, computed
   with a bit-parallel LCS; equal to the ``rouge-score`` package without stemming.
 * :func:`embedding_similarity`: cosine similarity of sentence embeddings. ``backend="minilm"``
