@@ -58,23 +58,45 @@ class TraceStore:
                 raise TraceFileError(f"no trace file at {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.conn = None
         try:
             self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=60)
             self.conn.execute("PRAGMA busy_timeout = 60000")
+            self._check_schema()  # before switching to WAL: a file that is not ours is never modified
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as e:
+            self.conn is not None and self.conn.close()
             raise TraceFileError(f"cannot open trace file {self.path}: {e} (truncated or not a moakit trace file?)") from e
+        except TraceFileError:
+            self.conn.close()
+            raise
         self._cache_index: dict[str, tuple[str, str]] | None = None
 
     # ---- schema --------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _check_schema(self) -> None:
+        """Refuse, without writing anything, a SQLite file that is not a moakit trace file or
+        that a newer moakit wrote (migrations unknown here)."""
+        tables = self._tables()
         if tables and "_moakit_migrations" not in tables:
             raise TraceFileError(
                 f"{self.path} is a SQLite file but not a moakit trace file (tables: {', '.join(sorted(tables))})")
+        unknown = [m for m in migrations.applied(self.conn) if m not in {fn.__name__ for fn in migrations.MIGRATIONS}]
+        if unknown:
+            raise TraceFileError(f"{self.path} was written by a newer moakit (schema migrations {', '.join(unknown)} "
+                                 "are unknown to this version): upgrade moakit to open it")
+
+    def _migrate(self) -> None:
+        self._check_schema()
         migrations.migrate(self.conn)
+        missing = {"spans", "texts"} - self._tables()
+        if missing:
+            raise TraceFileError(f"{self.path} is not a complete moakit trace file: table(s) {', '.join(sorted(missing))} "
+                                 "missing although its migrations say they were made")
 
     @property
     def schema_version(self) -> list[str]:
