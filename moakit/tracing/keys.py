@@ -21,11 +21,11 @@ def request_hash(*, agent: str, model: str, messages: Sequence[dict], temperatur
         "agent": agent,
         "model": model,
         "messages": [{"role": m.get("role"), "content": m.get("content")} for m in messages],
-        "temperature": None if temperature is None else float(temperature),
+        "temperature": None if temperature is None else float(temperature) + 0.0,  # -0.0 is 0.0
         "max_tokens": max_tokens,
         "seed": seed,
     }
-    return hashlib.sha256(canonical(payload).encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(canonical(payload).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def request_key(base_hash: str, occurrence: int) -> str:
