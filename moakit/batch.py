@@ -7,8 +7,9 @@ import asyncio
 import uuid
 from typing import Any, Sequence
 
-from .engine import _open_cache, _Runner, make_client, open_store, plan_run, run_sync
+from .engine import _open_cache, _Runner, make_client, normalize_query, open_store, plan_run, run_sync
 from .errors import MoakitError, PipelineError
+from .steps import validate_pipeline
 from .tracing.keys import derived_seed
 
 
@@ -42,6 +43,12 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
     items = _prompt_list(prompts)
     if not items:
         raise PipelineError("prompts is empty")
+    validate_pipeline(pipeline)  # bad input fails before the trace file is even opened
+    for i, q in enumerate(items):  # name the bad prompt: in a batch of 805, "the query is empty" is not enough
+        try:
+            normalize_query(q)
+        except PipelineError as e:
+            raise PipelineError(f"prompt {i}: {e}") from None
     store = open_store(store)
     cache_store = _open_cache(cache, store)
     # plan every item before the first call: bad input fails here, nothing is spent

@@ -12,6 +12,7 @@ import email.utils
 import json
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 from .errors import CallFailed, ReplayMiss
 from .models import ModelSpec
 from .tracing import attributes as A
+from .tracing.redact import redact
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -84,6 +86,15 @@ class ClientConfig:
     max_retry_after: float = 120.0  # never sleep longer than this for one Retry-After
     record_content: bool = True
 
+    def __post_init__(self):
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise ValueError(f"ClientConfig: retries must be an integer >= 0, got {self.retries!r}")
+        for name in ("timeout", "backoff", "max_backoff", "max_retry_after"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (name == "timeout" and v == 0):
+                raise ValueError(f"ClientConfig: {name} must be a {'positive' if name == 'timeout' else 'non-negative'}"
+                                 f" number of seconds, got {v!r}")
+
 
 def semconv_messages(messages: Sequence[dict]) -> str:
     return json.dumps([{"role": m.get("role"), "parts": [{"type": "text", "content": m.get("content") or ""}]}
@@ -103,6 +114,9 @@ _RETRYABLE_NAMES = {
 }
 _FATAL_NAMES = {"AuthenticationError", "PermissionDeniedError", "NotFoundError", "BadRequestError",
                 "ContextWindowExceededError", "UnsupportedParamsError", "ContentPolicyViolationError"}
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MalformedResponse(Exception):
@@ -257,7 +271,7 @@ class Client:
                     span.end()
                     raise
                 etype, retryable = classify(exc)
-                msg = str(exc)[:2000]
+                msg = redact(str(exc))[:2000]  # redact before cutting: no key survives half-masked
                 span.set_attribute(A.ERROR_TYPE, etype)
                 span.set_status(Status(StatusCode.ERROR, msg))
                 span.end()
@@ -303,6 +317,7 @@ class Client:
         text = getattr(msg, "content", None)
         if text is None:
             raise MalformedResponse("the provider returned a choice without content")
+        text = _LONE_SURROGATE.sub("\ufffd", text)  # a JSON "\\ud800" escape: not storable, not sendable
         usage = getattr(resp, "usage", None)
         tokens = (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0))
         cost = 0.0 if req.spec.is_local else None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import re
 import secrets
 import threading
 import uuid
@@ -22,7 +24,7 @@ from opentelemetry.trace import Status, StatusCode
 from . import steps as S
 from .client import CallRequest, Client, ClientConfig
 from .errors import MoakitError, PipelineError, ReplayMiss
-from .models import check_keys, resolve
+from .models import check_keys, check_providers, resolve
 from .prompts import TemplateSet, get_template_set
 from .rank_parse import parse_rank
 from .result import Result
@@ -69,6 +71,8 @@ def tracer_for(store: TraceStore):
 def open_store(store: Any) -> TraceStore:
     if isinstance(store, TraceStore):
         return store
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise PipelineError(f"store must be a TraceStore, a path or None, got {type(store).__name__}")
     return TraceStore(store)
 
 
@@ -77,7 +81,7 @@ def normalize_query(query: Any) -> list[dict]:
     if isinstance(query, str):
         if not query.strip():
             raise PipelineError("the query is empty")
-        return [{"role": "user", "content": query}]
+        query = [{"role": "user", "content": query}]
     if isinstance(query, dict):
         query = [query]
     if not isinstance(query, (list, tuple)) or not query:
@@ -90,7 +94,16 @@ def normalize_query(query: Any) -> list[dict]:
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "user" for m in out):
         raise PipelineError("the query messages hold no user turn")
+    for i, m in enumerate(out):
+        bad = _LONE_SURROGATE.search(m["content"])
+        if bad:
+            raise PipelineError(f"query message {i} is not valid Unicode: a lone surrogate U+{ord(bad.group()):04X} at "
+                                f"character {bad.start()} (no provider accepts it; decode the text with "
+                                "errors='replace' first)")
     return out
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -118,12 +131,38 @@ def plan_run(pipeline, query, *, seed=None, models=None, templates="together", m
     agents = [a for s in steps if s.calls_llm for a in s.agents]
     recorded = cache.recorded_agents() if cache is not None else None
     specs = resolve(agents, models, recorded=recorded)
+    register_secrets(specs)
     if not offline:
         check_keys(specs)
+        check_providers(specs)
+    elif cache is None:
+        raise PipelineError("offline=True needs cache= (a trace store, or True for store=) to serve the calls from")
     if rng_seed is None:
         rng_seed = seed if seed is not None else secrets.randbits(31)
     return RunPlan(steps, q, specs, get_template_set(templates), rng_seed, seed, max_tokens,
                    name or _pipeline_name(pipeline))
+
+
+def register_secrets(specs) -> None:
+    """Mask every credential this run may send (api_key=, key-like extra kwargs and headers, the
+    provider key variables set in the environment) wherever it would be written to a trace,
+    e.g. when a provider echoes it back in an error message."""
+    from .tracing.redact import add_secret, env_secrets
+
+    def add(value):  # placeholders such as api_key="EMPTY" or "ollama" are no secret: masking them would
+        if isinstance(value, str) and len(value) >= 12:  # blank that word out of every prompt and output
+            add_secret(value)
+
+    env_secrets()
+    for spec in specs.values():
+        add(spec.api_key)
+        for k, v in spec.extra:
+            if isinstance(v, dict):  # headers / extra_headers
+                for hk, hv in v.items():
+                    if isinstance(hv, str) and re.search(r"(?i)auth|key|token|secret", str(hk)):
+                        add(hv.split(" ", 1)[-1] if hv.lower().startswith("bearer ") else hv)
+            elif isinstance(v, str) and re.search(r"(?i)key|token|secret|password", str(k)):
+                add(v)
 
 
 def _pipeline_name(pipeline) -> str | None:
@@ -214,8 +253,11 @@ class _Runner:
                 counts[agent] += 1
             results = await self.fan_out(reqs)
             new = [Response(r.text, rq.agent, rq.sample, r.span_id) for rq, r in zip(reqs, results) if r.text is not None]
+            failed = [f"{rq.agent}#{rq.sample}: {r.error}" for rq, r in zip(reqs, results) if r.text is None]
+            if failed:
+                span.set_attribute("moakit.dropped_failed", json.dumps(failed)[:4000])
             if not new:
-                raise RunFailed(f"step {index} (Refine): every call failed")
+                raise RunFailed(f"step {index} (Refine): every call failed: {'; '.join(failed)[:1000]}")
             return new
 
         if kind == "Rank":
@@ -330,6 +372,11 @@ def _open_cache(cache, store: TraceStore) -> TraceStore | None:
 
 
 def make_client(store, cache, offline, max_concurrency, per_model_concurrency, client_config, record_content=True):
+    for name, v in (("max_concurrency", max_concurrency), ("per_model_concurrency", per_model_concurrency)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise PipelineError(f"{name} must be a positive integer or None, got {v!r}")
+    if client_config is not None and not isinstance(client_config, ClientConfig):
+        raise PipelineError(f"client_config must be a moakit.ClientConfig, got {type(client_config).__name__}")
     tracer = tracer_for(store)
     cfg = client_config or ClientConfig()
     if not record_content:
@@ -347,6 +394,8 @@ async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, 
                per_model_concurrency: int | None = None, client_config: ClientConfig | None = None,
                record_content: bool = True, name: str | None = None, _rng_seed: int | None = None) -> Result:
     """Run ``pipeline`` on ``query``; every call is recorded in ``store``. See :func:`run`."""
+    S.validate_pipeline(pipeline)  # bad input fails before the trace file is even opened
+    normalize_query(query)
     store = open_store(store)
     cache_store = _open_cache(cache, store)
     plan = plan_run(pipeline, query, seed=seed, models=models, templates=templates, max_tokens=max_tokens,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import threading
 import weakref
 from typing import Any
@@ -35,8 +36,21 @@ def output_text(output_messages: str) -> str:
         return output_messages
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(v: Any) -> Any:
+    """Redact a string attribute (or each string of a sequence) and replace lone surrogates,
+    which SQLite's UTF-8 cannot hold, by U+FFFD."""
+    if isinstance(v, str):
+        return _LONE_SURROGATE.sub("\ufffd", redact(v))
+    if isinstance(v, (tuple, list)):
+        return [_clean(x) for x in v]
+    return v
+
+
 def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
-    attrs = {k: (redact(v) if isinstance(v, str) else v) for k, v in (span.attributes or {}).items()}
+    attrs = {k: _clean(v) for k, v in (span.attributes or {}).items()}
     texts: dict[str, str] = {}
     row: dict[str, Any] = {
         "span_id": _hex(span.context.span_id, 16),
@@ -51,7 +65,7 @@ def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
         if key in attrs:
             row[col] = attrs.pop(key)
     if span.status.status_code is StatusCode.ERROR:
-        row["error"] = redact(f"{attrs.get(A.ERROR_TYPE, 'error')}: {span.status.description or ''}".rstrip(": "))
+        row["error"] = _clean(f"{attrs.get(A.ERROR_TYPE, 'error')}: {span.status.description or ''}".rstrip(": "))
 
     def store_text(value: str, col: str) -> None:
         h = text_hash(value)
