@@ -10,6 +10,14 @@ stops it for tests and benchmarks. Faults (chosen at random, seeded, per request
 ``429`` (with Retry-After), ``500``, ``503``, ``hang`` (sleeps past any sane timeout),
 ``reset`` (closes the connection with no answer), ``malformed`` (invalid JSON body with 200),
 ``empty`` (200 with an empty choice list). ``GET /stats`` returns counters as JSON.
+
+Besides these transient faults (drawn afresh for every attempt), ``--persistent-fault-rate``
+makes a share of *requests* fail on every attempt (503), chosen by a hash of the request's
+model and messages, so a retried request meets the same fault: that is how a call that
+finally fails is produced. Two model-name prefixes change the answer for tests:
+``echo...`` replies with the last message's content verbatim (unicode and length round
+trips), ``leaky...`` answers 500 with an error message that echoes the request's
+Authorization header and all its headers (a provider leaking the key back, for redaction tests).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import random
 import subprocess
@@ -36,8 +45,16 @@ def answer_text(body: dict) -> str:
     return f"[{body.get('model')}] answer {digest} to: {last}"
 
 
+def persistent_fault(body: dict, seed: int, rate: float) -> bool:
+    """Whether this request fails on every attempt: a hash of (seed, model, messages) < rate."""
+    if not rate:
+        return False
+    h = hashlib.sha256(json.dumps([seed, body.get("model"), body.get("messages")], sort_keys=True).encode())
+    return int.from_bytes(h.digest()[:8], "big") / 2 ** 64 < rate
+
+
 def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
-             retry_after: float = 0.2, hang: float = 3600.0):
+             retry_after: float = 0.2, hang: float = 3600.0, persistent_fault_rate: float = 0.0):
     from aiohttp import web
 
     rng = random.Random(seed)
@@ -54,6 +71,18 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
             fault = rng.choice(faults) if fault_rate and rng.random() < fault_rate else None
             if latency:
                 await asyncio.sleep(latency)
+            model = str(body.get("model", ""))
+            if model.startswith("leaky"):
+                stats["fault_leaky"] += 1
+                auth = request.headers.get("Authorization", "")
+                return web.json_response({"error": {"message": f"stub leaky fault: request had Authorization: {auth} "
+                                                               f"(key {auth.removeprefix('Bearer ')}), headers "
+                                                               f"{json.dumps(dict(request.headers))}",
+                                                    "type": "server_error"}}, status=500)
+            if fault is None and persistent_fault(body, seed, persistent_fault_rate):
+                stats["fault_persistent"] += 1
+                return web.json_response({"error": {"message": "stub persistent fault 503", "type": "server_error"}},
+                                         status=503)
             if fault:
                 stats[f"fault_{fault}"] += 1
             if fault == "429":
@@ -69,7 +98,11 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
                 raise ConnectionResetError("stub reset")
             if fault == "malformed":
                 return web.Response(text='{"id": "x", "choices": [ {"message": ', content_type="application/json")
-            text = answer_text(body)
+            if model.startswith("echo"):
+                msgs = body.get("messages") or [{}]
+                text = str(msgs[-1].get("content", ""))
+            else:
+                text = answer_text(body)
             n_in = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
             payload = {
                 "id": f"stub-{stats['requests']}", "object": "chat.completion", "created": int(time.time()),
@@ -106,11 +139,17 @@ def main(argv=None):
     ap.add_argument("--faults", default=",".join(FAULTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retry-after", type=float, default=0.2)
+    ap.add_argument("--persistent-fault-rate", type=float, default=0.0)
     a = ap.parse_args(argv)
     from aiohttp import web
 
+    # the "reset" fault raises in the handler on purpose: keep aiohttp from logging a traceback for it
+    logging.getLogger("aiohttp.server").addFilter(
+        lambda rec: not (rec.exc_info and isinstance(rec.exc_info[1], ConnectionResetError)))
+
     async def serve():
-        app = make_app(a.latency, a.fault_rate, tuple(a.faults.split(",")), a.seed, a.retry_after)
+        app = make_app(a.latency, a.fault_rate, tuple(a.faults.split(",")), a.seed, a.retry_after,
+                       persistent_fault_rate=a.persistent_fault_rate)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", a.port, backlog=1024)
