@@ -65,6 +65,9 @@ class TraceStore:
             self._check_schema()  # before switching to WAL: a file that is not ours is never modified
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
+            # 64 MB page cache (used only as a file grows): inserts land at random places in the
+            # span-id and request-key indexes, and the default 2 MB halves ingest beyond ~100k spans
+            self.conn.execute("PRAGMA cache_size = -65536")
             self._migrate()
         except sqlite3.DatabaseError as e:
             self.conn is not None and self.conn.close()
@@ -119,7 +122,7 @@ class TraceStore:
     def write(self, rows: Sequence[dict[str, Any]], texts: dict[str, str] | None = None) -> None:
         """Write span rows (dicts keyed by :data:`SPAN_COLUMNS`) and their texts in one
         transaction. Each finished call is written at once, so a crash loses nothing finished."""
-        params = [tuple(r.get(c) if c != "cached" else int(bool(r.get(c))) for c in SPAN_COLUMNS) for r in rows]
+        params = [_span_params(r) for r in rows]
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -179,13 +182,18 @@ class TraceStore:
         model, sample, attempt, input_tokens, output_tokens, cost_usd, latency_s, start_ns,
         end_ns, cached, error, output, request_key."""
         where, params = self._where(trace_id, "call")
+        if trace_id is None:  # every call: a table scan beats a look-up per row through the kind index
+            where = "+" + where
         df = self.frame(f"""
             SELECT s.trace_id, s.span_id, s.parent_id, s.step_index, s.step, s.agent, s.model, s.sample,
                    s.attempt, s.input_tokens, s.output_tokens, s.cost_usd,
                    (s.end_ns - s.start_ns) / 1e9 AS latency_s, s.start_ns, s.end_ns,
-                   s.cached, s.error, t.text AS output, s.request_key
+                   s.cached, s.error, t.text AS output, s.request_key, s.rowid AS _rowid
             FROM spans s LEFT JOIN texts t ON t.hash = s.output_hash
-            WHERE {where} ORDER BY s.start_ns, s.rowid""", params)
+            WHERE {where}""", params)
+        # ordered by start time here, not by SQLite, whose sorter would carry every output text
+        # through a temporary b-tree (a third of the time for a million calls)
+        df = _ordered(df, "start_ns", "_rowid").drop(columns="_rowid")
         df["cached"] = df["cached"].astype(bool)
         return df
 
@@ -363,6 +371,27 @@ class TraceStore:
         from .io import export
 
         return export(self, path_or_endpoint, format=format, **kwargs)
+
+
+_CACHED = SPAN_COLUMNS.index("cached")
+
+
+def _span_params(row: dict[str, Any]) -> list:
+    values = list(map(row.get, SPAN_COLUMNS))
+    values[_CACHED] = 1 if values[_CACHED] else 0
+    return values
+
+
+def _ordered(df, *columns: str):
+    """``df`` sorted by ``columns`` (integers), without copying when it already is."""
+    if len(df) < 2:
+        return df.reset_index(drop=True)
+    import numpy as np
+
+    order = np.lexsort([df[c].to_numpy(dtype=np.int64, na_value=0) for c in reversed(columns)])
+    if (order[1:] > order[:-1]).all():
+        return df
+    return df.take(order).reset_index(drop=True)
 
 
 def _maybe_json(v):
