@@ -161,6 +161,11 @@ def retry_after(exc: BaseException) -> float | None:
             return None
 
 
+# (model asked, model answered) -> size of litellm's price map when it had no price for them:
+# not asked again until the map changes (litellm.register_model)
+_UNPRICED: dict[tuple[str, str | None], int] = {}
+
+
 class Client:
     """Makes calls for one run (or batch): cache first, then litellm with retries."""
 
@@ -322,8 +327,10 @@ class Client:
         tokens = (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0))
         cost = 0.0 if req.spec.is_local else None
         if cost is None:
-            try:
-                cost = float(litellm.completion_cost(completion_response=resp))
-            except Exception:  # noqa: BLE001 - unknown price: cost stays unknown
-                cost = None
+            priced = (req.spec.model, getattr(resp, "model", None))
+            if _UNPRICED.get(priced) != len(litellm.model_cost):  # 0.3 ms a call to learn it again
+                try:
+                    cost = float(litellm.completion_cost(completion_response=resp))
+                except Exception:  # noqa: BLE001 - unknown price: cost stays unknown
+                    _UNPRICED[priced] = len(litellm.model_cost)
         return text, tokens, cost, getattr(resp, "model", None), choices[0].finish_reason, getattr(resp, "id", None)

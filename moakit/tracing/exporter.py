@@ -43,7 +43,8 @@ def _clean(v: Any) -> Any:
     """Redact a string attribute (or each string of a sequence) and replace lone surrogates,
     which SQLite's UTF-8 cannot hold, by U+FFFD."""
     if isinstance(v, str):
-        return _LONE_SURROGATE.sub("\ufffd", redact(v))
+        v = redact(v)
+        return v if v.isascii() else _LONE_SURROGATE.sub("\ufffd", v)  # isascii() is O(1)
     if isinstance(v, (tuple, list)):
         return [_clean(x) for x in v]
     return v
