@@ -1,0 +1,203 @@
+"""Run the benchmark cases and report: ``python -m benchmarks.run [--quick|--full] [--only B1,B4]``.
+
+``--full`` (default) runs every case at its real size, prints the table and writes
+``BENCHMARKS.md`` at the repository root (``--output`` to write elsewhere, ``--json`` for the raw
+figures). ``--quick`` is the CI smoke test: small sizes, a couple of minutes, no timing
+asserts, no file written unless ``--output`` is given; it exits non-zero only when a case
+crashed. Figures are medians over alternating runs (A B A B ...) in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from .common import CaseResult, Row  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {
+    "B1": "b1_critical_path", "B2": "b2_overhead", "B3": "b3_batch", "B4": "b4_replay",
+    "B5": "b5_store", "B6": "b6_local", "B7": "b7_startup",
+}
+PACKAGES = ["moakit", "mixture-llm", "litellm", "llama_cpp_python", "opentelemetry-sdk", "pandas", "aiohttp",
+            "pyarrow"]
+
+
+def machine() -> dict:
+    info: dict = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                  "sqlite": sqlite3.sqlite_version}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    info["cpu"] = info.get("cpu") or platform.processor() or "unknown"
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            versions[p] = "absent"
+    info["versions"] = versions
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                        text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = "unknown"
+    return info
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "unknown"
+
+
+def run_cases(names: list[str], quick: bool, log=print) -> list[CaseResult]:
+    """Run the named cases in order; a case that raises is reported with its error, the others go on."""
+    results = []
+    for name in names:
+        mod = importlib.import_module(f"benchmarks.{CASES[name]}")
+        log(f"[{name}] {(mod.__doc__ or '').strip().splitlines()[0]}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            res = mod.run(quick)
+        except Exception as e:  # noqa: BLE001 - report and go on with the other cases
+            res = CaseResult(name, f"{name} crashed", error=f"{type(e).__name__}: {e}")
+            res.notes.append(traceback.format_exc(limit=6))
+        res.seconds = time.perf_counter() - t0
+        for r in res.rows:
+            log(f"    {r.measure}: moakit {r.moakit}  peer {r.peer}  ratio {r.ratio}  goal {r.goal}  "
+                f"{'' if r.met is None else ('met' if r.met else 'MISSED')}", flush=True)
+        if res.error:
+            log(f"    CRASHED: {res.error}", flush=True)
+        log(f"    ({res.seconds:.1f} s)", flush=True)
+        results.append(res)
+    return results
+
+
+def _met(r: Row) -> str:
+    return "" if r.met is None else ("yes" if r.met else "**no**")
+
+
+def table(results: list[CaseResult]) -> str:
+    lines = ["| case | measure | moakit | peer | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+    for res in results:
+        if res.error:
+            lines.append(f"| {res.case} | crashed: {res.error[:120]} | | | | | **no** |")
+        for r in res.rows:
+            lines.append(f"| {r.case} | {r.measure} | {r.moakit} | {r.peer} | {r.ratio} | {r.goal} | {_met(r)} |")
+    return "\n".join(lines)
+
+
+def text_table(results: list[CaseResult]) -> str:
+    rows = [("case", "measure", "moakit", "peer", "ratio", "goal", "met")]
+    for res in results:
+        if res.error:
+            rows.append((res.case, "CRASHED " + res.error[:60], "", "", "", "", "no"))
+        for r in res.rows:
+            rows.append((r.case, r.measure, r.moakit, r.peer, r.ratio, r.goal,
+                         "" if r.met is None else ("yes" if r.met else "NO")))
+    widths = [min(60, max(len(str(x[i])) for x in rows)) for i in range(7)]
+    return "\n".join("  ".join(str(v)[:w].ljust(w) for v, w in zip(row, widths)) for row in rows)
+
+
+def markdown(results: list[CaseResult], info: dict, mode: str, started: str, load_before: str, load_after: str,
+             total_s: float) -> str:
+    v = info["versions"]
+    out = [
+        "# moakit benchmarks",
+        "",
+        f"Generated by `python -m benchmarks.run --{mode}` on {started} (commit {info['commit']}), "
+        f"{total_s / 60:.1f} minutes. Every comparison ran its contenders alternately (A B A B ...) in one "
+        "process; figures are medians, ratios are medians of the pair-by-pair ratios. "
+        "The peer is mixture-llm (same stub server, same litellm path, same prompts) except in B6, where it "
+        "is llama-cpp-python called directly.",
+        "",
+        "Rerun: `pip install -e .[dev]` then `python -m benchmarks.run --full` (about 10 minutes; writes this "
+        "file) or `python -m benchmarks.run --quick` (CI smoke test, no file). One case: `--only B4`.",
+        "",
+        "## Machine",
+        "",
+        f"- {info['cores']} cores, {info['cpu']}, {info.get('memory_gb', '?')} GB memory; {info['platform']}",
+        f"- Python {info['python']}, SQLite {info['sqlite']}; "
+        + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine's 2 cores were "
+        "shared with other engineers' builds and tests while this ran, so single figures are noisy; the "
+        "alternating pairs keep the comparisons fair, and the medians keep outliers out.",
+        "",
+        "## Figures",
+        "",
+        table(results),
+        "",
+        "## Details per case",
+        "",
+    ]
+    for res in results:
+        out.append(f"- **{res.case}** {res.title} ({res.seconds:.0f} s). " + " ".join(
+            n for n in res.notes if not n.startswith("Traceback")))
+    notes = Path(__file__).with_name("NOTES.md")
+    if notes.exists():
+        out += ["", notes.read_text().strip()]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small sizes, smoke test for CI (no file written)")
+    mode.add_argument("--full", action="store_true", help="real sizes; writes BENCHMARKS.md (the default)")
+    ap.add_argument("--only", help="comma-separated cases, e.g. B1,B4")
+    ap.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md at the repo root in full mode)")
+    ap.add_argument("--json", help="also write the raw figures as JSON here")
+    a = ap.parse_args(argv)
+    quick = bool(a.quick)
+    names = [n.strip().upper() for n in a.only.split(",")] if a.only else list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    load_before = load()
+    t0 = time.perf_counter()
+    results = run_cases(names, quick)
+    total = time.perf_counter() - t0
+    info = machine()
+    print()
+    print(text_table(results))
+    output = a.output or (None if quick else str(ROOT / "BENCHMARKS.md"))
+    if output:
+        Path(output).write_text(markdown(results, info, "quick" if quick else "full", started, load_before, load(),
+                                         total))
+        print(f"\nwrote {output}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": info, "mode": "quick" if quick else "full", "started": started,
+                                            "cases": [r.__dict__ | {"rows": [x.__dict__ for x in r.rows]}
+                                                      for r in results]}, indent=1, default=str))
+    crashed = [r.case for r in results if r.error]
+    if crashed:
+        print(f"crashed: {', '.join(crashed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
