@@ -76,6 +76,7 @@ class TraceStore:
             self.conn.close()
             raise
         self._cache_index: dict[str, tuple[str, str]] | None = None
+        self._recorded: tuple[int, dict[str, str]] | None = None  # (data_version, recorded_agents())
 
     # ---- schema --------------------------------------------------------------------------
     def _tables(self) -> set[str]:
@@ -133,6 +134,8 @@ class TraceStore:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
+            if self._recorded is not None and any(str(r.get("model") or "").startswith("recorded/") for r in rows):
+                self._recorded = None
             if self._cache_index is not None:
                 for r in rows:
                     if r.get("kind") == "call" and r.get("request_key") and not r.get("error") and r.get("output_hash"):
@@ -355,8 +358,17 @@ class TraceStore:
         return span_id, text, {"input_tokens": inp, "output_tokens": outp, "response_model": rmodel or model}
 
     def recorded_agents(self) -> dict[str, str]:
-        """Agents whose outputs were imported (model ``recorded/...``): agent -> model."""
-        return dict(self.query("SELECT DISTINCT agent, model FROM spans WHERE kind='call' AND model LIKE 'recorded/%'"))
+        """Agents whose outputs were imported (model ``recorded/...``): agent -> model.
+
+        Asked once per run planned (805 times for a batch of 805 prompts), and the query scans
+        every call: the answer is kept until this store writes a recorded call or another
+        connection commits (``PRAGMA data_version``)."""
+        with self._lock:
+            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+            if self._recorded is None or self._recorded[0] != version:
+                self._recorded = (version, dict(self.conn.execute(
+                    "SELECT DISTINCT agent, model FROM spans WHERE kind='call' AND model LIKE 'recorded/%'").fetchall()))
+            return dict(self._recorded[1])
 
     # ---- import / export (moakit.tracing.io) ------------------------------------------------
     def import_outputs(self, path: str | os.PathLike, agent: str | None = None, **kwargs) -> int:
