@@ -344,7 +344,7 @@ def test_impact_view_shows_grid_margins_and_table4():
     assert list(v.table4["model"]) == list(table4(df)["model"]) == ["agg1", "agg2", "set1", "set2"]
     assert list(v.effects["factor"]) == ["aggregator", "proposers", "ratio"]
     html = html_of(v.widget())
-    assert "Table 4 layout" in html and "<svg" in html and "0.600" in html
+    assert "Table 4 layout" in html and "<svg" in html and "0.600 [0.500, 0.700]" in html
 
 
 # ---- a notebook executed headless keeps its widgets ---------------------------------------------

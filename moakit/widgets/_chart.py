@@ -35,8 +35,12 @@ def chart_svg(chart) -> str:
     import altair as alt
     import vl_convert as vlc
 
+    spec = chart.to_dict()
     version = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # "6.4.1" -> "6.4"
-    return vlc.vegalite_to_svg(chart.to_dict(), vl_version=version)
+    try:
+        return vlc.vegalite_to_svg(spec, vl_version=version)
+    except (ValueError, RuntimeError):  # a vl-convert older than altair's Vega-Lite: its newest version draws the spec
+        return vlc.vegalite_to_svg(spec)
 
 
 def chart_widget(chart):
@@ -93,8 +97,9 @@ def table_html(df, columns=None, *, money_cols=(), max_rows: int = 50) -> str:
         rows.append(f"<tr>{cells}</tr>")
     more = (f"<div style='color:{MUTED};font-size:11px'>{len(df) - max_rows} more rows not shown</div>"
             if len(df) > max_rows else "")
-    return (f"<table class='moakit-table' style='border-collapse:collapse;font-size:12px;line-height:1.35;"
-            f"font-family:var(--jp-ui-font-family, sans-serif)'><tr>{head}</tr>{''.join(rows)}</table>{more}")
+    return (f"<div style='max-width:100%;overflow-x:auto'><table class='moakit-table' style='border-collapse:collapse;"
+            f"font-size:12px;line-height:1.35;font-family:var(--jp-ui-font-family, sans-serif)'><tr>{head}</tr>"
+            f"{''.join(rows)}</table></div>{more}")
 
 
 def reading_html(text: str | None) -> str:

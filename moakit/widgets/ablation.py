@@ -74,10 +74,13 @@ class AblationView:
     def spec(self) -> dict[str, Any]:
         return self.chart().to_dict()
 
+    #: the columns of the table beside the chart (every column stays in ``table``)
+    TABLE_COLUMNS = ("score", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high", "p_value", "n",
+                     "errors", "calls_paid", "calls_reused", "input_tokens", "output_tokens", "cost_usd")
+
     def table_columns(self) -> list[str]:
-        first = [c for c in (self.variant, self.score, "ci_low", "ci_high", "n", "input_tokens", "output_tokens",
-                             "cost_usd", "calls_paid", "calls_reused") if c in self.table.columns]
-        return first + [c for c in self.table.columns if c not in first]
+        cols = [self.variant, self.score] + [c for c in self.TABLE_COLUMNS if c in self.table.columns]
+        return list(dict.fromkeys(cols))
 
     def widget(self):
         if self._widget is not None:
@@ -153,13 +156,29 @@ class ImpactView:
     def spec(self) -> dict[str, Any]:
         return self.chart().to_dict()
 
+    def _table4_compact(self):
+        """Table 4 with each score and its interval in one cell, as papers print it."""
+        import pandas as pd
+
+        from ._chart import fmt
+
+        def cell(r, col):
+            v = r[col]
+            if v is None or v != v:
+                return "–"
+            return f"{fmt(float(v))} [{fmt(float(r[col + '_ci_low']))}, {fmt(float(r[col + '_ci_high']))}]"
+
+        rows = [{"model": r["model"], "as aggregator": cell(r, "as_aggregator"), "as proposer": cell(r, "as_proposer")}
+                for r in self.table4.to_dict("records")]
+        return pd.DataFrame(rows, columns=["model", "as aggregator", "as proposer"])
+
     def widget(self):
         if self._widget is not None:
             return self._widget
         import ipywidgets as w
 
-        t4 = w.HTML("<div style='font-size:12px'><b>Table 4 layout</b> (score as aggregator / as proposer)</div>"
-                    + table_html(self.table4))
+        t4 = w.HTML("<div style='font-size:12px'><b>Table 4 layout</b>: score as aggregator / as proposer "
+                    "[95% interval]</div>" + table_html(self._table4_compact()))
         eff = w.HTML("<div style='font-size:12px;margin-top:8px'><b>effects</b></div>"
                      + table_html(self.effects, ["factor", "score", "ci_low", "ci_high", "n", "p_value"]))
         body = w.HBox([chart_widget(self.chart()), w.VBox([t4, eff])],

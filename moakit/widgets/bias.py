@@ -91,7 +91,9 @@ class BiasView:
         return self.chart().to_dict()
 
     def table_columns(self) -> list[str]:
-        cols = [c for c in BLOCK_COLUMNS if c in self.table.columns and self.table[c].notna().any()]
+        # block columns only when they tell rows apart (a constant one is in the reading)
+        cols = [c for c in BLOCK_COLUMNS if c in self.table.columns and self.table[c].notna().any()
+                and self.table[c].astype(str).nunique() > 1]
         cols += [self.x] + [c for c in ("n", "rate", "chance", "lift", self.y, "ci_low", "ci_high", "p_position",
                                         "p_value", "confounded") if c in self.table.columns]
         return list(dict.fromkeys(cols))

@@ -1,0 +1,243 @@
+"""The widgets where people see them: JupyterLab in a real browser.
+
+Starts JupyterLab on 127.0.0.1 (a free port, a random token) in a temporary copy of the
+quickstart notebook, drives Debian's headless Chromium through Python playwright (no browser
+download: ``executable_path`` points at the system binary), and checks two things:
+
+1. **Live**: run every cell of ``01_quickstart.ipynb``; the pipeline tree of the MoA-Lite run
+   renders with its 13 calls and agent names, and no widget error appears. A screenshot of
+   the tree goes to ``tests/artifacts/quickstart.png``.
+2. **Saved state**: the same notebook executed headless (nbclient, widget state stored) and
+   then opened, without running anything, shows its trees from the saved widget state
+   (screenshot ``tests/artifacts/quickstart-saved.png``).
+
+Skips with the reason when chromium or playwright is missing. Needs::
+
+    apt-get install -y chromium    # Debian's package: /usr/lib/chromium/chromium
+    pip install playwright jupyterlab nbclient
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "notebooks" / "01_quickstart.ipynb"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class", "model not found")
+AGENTS = ("wizardlm-2-8x22b", "qwen1.5-110b-chat", "qwen1.5-72b-chat", "llama-3-70b-instruct",
+          "mixtral-8x22b-instruct", "dbrx-instruct")
+
+
+def _skip_reason() -> str | None:
+    if CHROMIUM is None:
+        return "Debian's chromium is not installed (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "python playwright is not installed (pip install playwright)"
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        return "jupyterlab is not installed"
+    return None
+
+
+if _skip_reason():
+    pytest.skip(_skip_reason(), allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _settings(root: Path) -> Path:
+    """User settings for this JupyterLab only: every cell attached to the DOM (no virtual
+    scrolling, so off-screen trees can be inspected), no news or update checks."""
+    d = root / ".lab-settings"
+    for plugin, data in {
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
+        p = d / f"{plugin}.jupyterlab-settings"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(data))
+    return d
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on 127.0.0.1 in a temp folder holding the quickstart and a headless-executed,
+    trusted copy of it (``saved.ipynb``). Yields (base url, token, folder)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(QUICKSTART, root / QUICKSTART.name)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTER_DATA_DIR": str(root / ".data"),
+           "MOAKIT_TRACES": str(root / "traces.db")}
+
+    nb = nbformat.read(QUICKSTART, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(root)}}).execute()
+    nbformat.write(nb, root / "saved.ipynb")
+    # a notebook not run in this server is untrusted, and JupyterLab would show the widgets'
+    # text fallback; trusting it is what a user does with `jupyter trust` after nbconvert --execute
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", str(root / "saved.ipynb")], env=env, check=True,
+                   capture_output=True)
+
+    port, token = _free_port(), secrets.token_hex(16)
+    log = open(root / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.terminals_enabled=False",
+         f"--LabApp.user_settings_dir={_settings(root)}", f"--LabApp.workspaces_dir={root / '.workspaces'}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"JupyterLab did not start:\n{(root / 'lab.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield base, token, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, lab, name):
+    base, token, _ = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    return page
+
+
+def _check_first_tree(page) -> None:
+    """The first tree is the MoA-Lite run: 13 call rows, every agent, the totals line."""
+    tree = page.locator(".moakit-tree").first
+    assert tree.locator("tr.moakit-call").count() == 13
+    text = tree.inner_text()
+    for agent in AGENTS:
+        assert agent in text, f"agent {agent} missing from the tree"
+    assert "moa_lite" in text and "13 calls (13 paid, 0 cached)" in text
+    assert "step 0 · Propose" in text and "step 1 · Synthesize" in text and "step 2 · Aggregate" in text
+    body = page.inner_text("body")
+    for err in WIDGET_ERRORS:
+        assert err not in body, f"widget error on the page: {err}"
+
+
+def _started(page) -> bool:
+    first = page.locator(".jp-CodeCell .jp-InputArea-prompt").first.inner_text().strip()
+    return first not in ("[ ]:", "")
+
+
+def _run_all(page) -> None:
+    """Run -> Run All Cells from the menu; if no cell has started 30 s later, select every
+    cell and press Shift+Enter (the same, through the keyboard)."""
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+    page.click("li.lm-Menu-item:has(div.lm-Menu-itemLabel:text-is('Run All Cells'))")
+    for _ in range(30):
+        if _started(page):
+            return
+        page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_timeout(5000)
+    if not _started(page):
+        _screenshot(page, ARTIFACTS / "quickstart-failed.png", tree=False)
+        pytest.fail("could not start the notebook's cells from the Run menu or the keyboard")
+
+
+def _screenshot(page, path: Path, tree: bool = True) -> None:
+    if tree:
+        page.locator(".moakit-tree").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(500)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+
+
+def test_quickstart_runs_in_jupyterlab_and_draws_the_tree(lab, browser):
+    page = _open(browser, lab, QUICKSTART.name)
+    assert page.locator(".moakit-tree").count() == 0  # a clean notebook: nothing drawn yet
+    _run_all(page)
+    n_code = sum(c["cell_type"] == "code" for c in json.loads(QUICKSTART.read_text())["cells"])
+    deadline = time.monotonic() + 600
+    while True:  # every code cell has run when each shows an execution count and none shows [*]
+        prompts = [p.strip() for p in page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()]
+        if len(prompts) == n_code and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
+            break
+        if time.monotonic() > deadline:
+            _screenshot(page, ARTIFACTS / "quickstart-failed.png", tree=False)
+            pytest.fail(f"the quickstart did not finish in JupyterLab in 600 s: prompts {prompts}")
+        page.wait_for_timeout(2000)
+    page.wait_for_timeout(1500)
+    assert "Traceback (most recent call last)" not in page.inner_text("body")
+    _check_first_tree(page)
+    # the Shuffle/Dropout run says what it did; the batch view lists the page's pipelines
+    assert page.locator(".moakit-tree:has-text('permutation [')").count() >= 1
+    batch = page.inner_text(".moakit-batch")
+    assert "9 runs" in batch and "together_moa" in batch and "refine_pipeline" in batch
+    # a call's prompt unfolds on click
+    agg = page.locator(".moakit-tree").first.locator("tr.moakit-call details").last
+    agg.locator("summary").click()
+    assert "You have been provided with a set of responses" in agg.inner_text()
+    _screenshot(page, ARTIFACTS / "quickstart.png")
+    page.close()
+
+
+def test_executed_quickstart_shows_its_widgets_from_saved_state(lab, browser):
+    page = _open(browser, lab, "saved.ipynb")
+    page.wait_for_selector(".moakit-tree", timeout=90_000)
+    assert page.locator(".moakit-tree").count() >= 4
+    _check_first_tree(page)
+    # nothing ran: every execution count is the one saved by the headless run
+    _, _, root = lab
+    saved = json.loads((root / "saved.ipynb").read_text())
+    counts = [c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code"]
+    assert f"[{counts[-1]}]:" in page.locator(".jp-InputArea-prompt").all_inner_texts()
+    _screenshot(page, ARTIFACTS / "quickstart-saved.png")
+    page.close()
