@@ -34,12 +34,12 @@ def _replay_rounds(pipeline, prompts, models, rec_path: Path, d: Path, rounds: i
     return times, identical
 
 
-def run(quick: bool) -> CaseResult:
+def run(quick: bool, n_prompts: int | None = None, rounds: int | None = None) -> CaseResult:
     from moakit.batch import arun_batch
     from moakit.pipelines import count_calls, together_moa
     from moakit.tracing.store import TraceStore
 
-    n_prompts, rounds = (20, 1) if quick else (805, 3)
+    n_prompts, rounds = n_prompts or (20 if quick else 805), rounds or (1 if quick else 3)
     prompts, source = alpaca_prompts(n_prompts)
     n_calls = n_prompts * count_calls(together_moa)
     agents = [a for s in together_moa for a in s.agents]

@@ -161,6 +161,21 @@ def markdown(results: list[CaseResult], info: dict, mode: str, started: str, loa
     return "\n".join(out) + "\n"
 
 
+def render(json_path: str, output: str) -> int:
+    """Rewrite the markdown from the raw figures of an earlier run (e.g. after editing NOTES.md)."""
+    raw = json.loads(Path(json_path).read_text())
+    results = []
+    for c in raw["cases"]:
+        res = CaseResult(**{k: v for k, v in c.items() if k != "rows"})
+        res.rows = [Row(**r) for r in c["rows"]]
+        results.append(res)
+    load_before, load_after = raw.get("load", ["unknown", "unknown"])
+    Path(output).write_text(markdown(results, raw["machine"], raw["mode"], raw["started"], load_before, load_after,
+                                     raw.get("total_s", sum(r.seconds for r in results))))
+    print(f"wrote {output}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
@@ -169,7 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated cases, e.g. B1,B4")
     ap.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md at the repo root in full mode)")
     ap.add_argument("--json", help="also write the raw figures as JSON here")
+    ap.add_argument("--render", metavar="JSON", help="write the markdown again from a --json file (no run)")
     a = ap.parse_args(argv)
+    if a.render:
+        return render(a.render, a.output or str(ROOT / "BENCHMARKS.md"))
     quick = bool(a.quick)
     names = [n.strip().upper() for n in a.only.split(",")] if a.only else list(CASES)
     unknown = [n for n in names if n not in CASES]
@@ -190,6 +208,7 @@ def main(argv=None) -> int:
         print(f"\nwrote {output}")
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": info, "mode": "quick" if quick else "full", "started": started,
+                                            "load": [load_before, load()], "total_s": total,
                                             "cases": [r.__dict__ | {"rows": [x.__dict__ for x in r.rows]}
                                                       for r in results]}, indent=1, default=str))
     crashed = [r.case for r in results if r.error]
