@@ -213,6 +213,18 @@ class _Runner:
                 self.paid += 1
         return results
 
+    async def survivors(self, reqs: list[CallRequest], index: int, kind: str, span) -> list[Response]:
+        """Make a layer's calls; keep the answers that arrived. Failed agents are dropped and
+        recorded on the step span; a layer with no answer at all fails the run."""
+        results = await self.fan_out(reqs)
+        new = [Response(r.text, rq.agent, rq.sample, r.span_id) for rq, r in zip(reqs, results) if r.text is not None]
+        failed = [f"{rq.agent}#{rq.sample}: {r.error}" for rq, r in zip(reqs, results) if r.text is None]
+        if failed:
+            span.set_attribute("moakit.dropped_failed", json.dumps(failed)[:4000])
+        if not new:
+            raise RunFailed(f"step {index} ({kind}): every call failed: {'; '.join(failed)[:1000]}")
+        return new
+
     async def step(self, index: int, step: S.Step, responses: list[Response], span) -> list[Response]:
         q, tset = self.plan.query, self.plan.tset
         kind = step.kind
@@ -227,13 +239,7 @@ class _Runner:
             else:
                 msgs = tset.aggregate_messages(q, texts, step.prompt)
                 reqs = [self.request(a, s, msgs, step, index, responses) for a, s in zip(step.agents, samples)]
-            results = await self.fan_out(reqs)
-            new = [Response(r.text, rq.agent, rq.sample, r.span_id) for rq, r in zip(reqs, results) if r.text is not None]
-            failed = [f"{rq.agent}#{rq.sample}: {r.error}" for rq, r in zip(reqs, results) if r.text is None]
-            if failed:
-                span.set_attribute("moakit.dropped_failed", json.dumps(failed)[:4000])
-            if not new:
-                raise RunFailed(f"step {index} ({kind}): every call failed: {'; '.join(failed)[:1000]}")
+            new = await self.survivors(reqs, index, kind, span)
             return (responses + new) if kind == "Propose" else new
 
         if kind in ("Aggregate", "Vote"):
@@ -251,14 +257,7 @@ class _Runner:
                 reqs.append(self.request(agent, counts[agent], tset.refine_messages(q, resp.text, step.prompt),
                                          step, index, [resp]))
                 counts[agent] += 1
-            results = await self.fan_out(reqs)
-            new = [Response(r.text, rq.agent, rq.sample, r.span_id) for rq, r in zip(reqs, results) if r.text is not None]
-            failed = [f"{rq.agent}#{rq.sample}: {r.error}" for rq, r in zip(reqs, results) if r.text is None]
-            if failed:
-                span.set_attribute("moakit.dropped_failed", json.dumps(failed)[:4000])
-            if not new:
-                raise RunFailed(f"step {index} (Refine): every call failed: {'; '.join(failed)[:1000]}")
-            return new
+            return await self.survivors(reqs, index, kind, span)
 
         if kind == "Rank":
             msgs = tset.rank_messages(q, texts, step.n, step.prompt)

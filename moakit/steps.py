@@ -62,6 +62,14 @@ class Step:
         return out
 
 
+class _OneAgent:
+    """Steps made by a single agent (Aggregate, Rank, Vote) expose it as ``agents`` too."""
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        return (self.agent,)  # type: ignore[attr-defined]
+
+
 def _llm_step(cls):
     """Decorator for the LLM steps: validate agents and sampling settings."""
     cls.calls_llm = True
@@ -101,7 +109,7 @@ class Synthesize(Step):
 
 @_llm_step
 @dataclass(frozen=True)
-class Aggregate(Step):
+class Aggregate(_OneAgent, Step):
     """One agent combines all current responses into the single final one."""
 
     agent: str
@@ -113,10 +121,6 @@ class Aggregate(Step):
     def __post_init__(self):
         _agents([self.agent], "Aggregate")
         _sampling(self)
-
-    @property
-    def agents(self) -> tuple[str, ...]:
-        return (self.agent,)
 
 
 @_llm_step
@@ -136,7 +140,7 @@ class Refine(Step):
 
 @_llm_step
 @dataclass(frozen=True)
-class Rank(Step):
+class Rank(_OneAgent, Step):
     """An LLM orders the responses and the top ``n`` are kept. The parsed choice and the
     positions shown are recorded on the step span."""
 
@@ -152,14 +156,10 @@ class Rank(Step):
             raise PipelineError(f"Rank: n must be an integer >= 1, got {self.n!r}")
         _sampling(self)
 
-    @property
-    def agents(self) -> tuple[str, ...]:
-        return (self.agent,)
-
 
 @_llm_step
 @dataclass(frozen=True)
-class Vote(Step):
+class Vote(_OneAgent, Step):
     """An LLM picks (restates) the consensus answer among the responses."""
 
     agent: str
@@ -171,10 +171,6 @@ class Vote(Step):
     def __post_init__(self):
         _agents([self.agent], "Vote")
         _sampling(self)
-
-    @property
-    def agents(self) -> tuple[str, ...]:
-        return (self.agent,)
 
 
 @dataclass(frozen=True)
