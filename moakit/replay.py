@@ -30,8 +30,9 @@ def replay_args(store, trace_id: str) -> dict[str, Any]:
 async def areplay(trace_id: str, *, store: Any = None, offline: bool = True, pipeline=None, record_to: Any = None):
     store = open_store(store)
     args = replay_args(store, trace_id)
-    if pipeline is not None:
+    if pipeline is not None:  # a variant: named after itself (if it is a named pipeline), not the original
         args["pipeline"] = pipeline
+        args["name"] = None
     return await arun(args.pop("pipeline"), args.pop("query"), store=record_to or store, cache=store,
                       offline=offline, **args)
 

@@ -167,3 +167,12 @@ def test_bad_input_fails_before_any_call(store, tmp_path):
         with pytest.raises(exc):
             make()
     assert store.query("SELECT count(*) FROM spans")[0][0] == 0
+
+
+def test_replaying_a_variant_is_not_recorded_under_the_original_name(together, local_store):
+    variant = [*pipelines.together_moa[:-1], Shuffle(), pipelines.together_moa[-1]]
+    r = moakit.replay(together.trace_id, store=local_store, pipeline=variant, offline=False)
+    runs = local_store.runs().set_index("trace_id")
+    assert runs.loc[together.trace_id, "pipeline"] == "together_moa"
+    assert runs.loc[r.trace_id, "pipeline"] is None or pd.isna(runs.loc[r.trace_id, "pipeline"])
+    assert r.calls_paid == 1 and r.calls_reused == 18
