@@ -180,6 +180,8 @@ class Client:
         self._per_model: dict[str, asyncio.Semaphore] = {}
         self.paid = 0
         self.reused = 0
+        self._sink: Any = False  # resolved on the first replayed call (see _row_sink)
+        self._inputs: dict[int, tuple] = {}  # id(messages) -> (messages, redacted JSON, hash)
 
     def _model_sem(self, model: str):
         if not self._per_model_cap:
@@ -242,7 +244,90 @@ class Client:
             for s in reversed(sems):
                 s.release()
 
+    def _row_sink(self):
+        """The store's span processor when spans of this tracer go only to it (then a replayed
+        call can be written as a row without an OpenTelemetry span), else None."""
+        if self._sink is False:
+            self._sink = None
+            from .tracing.exporter import SQLiteSpanProcessor
+
+            from opentelemetry.sdk.trace import sampling
+
+            procs = getattr(getattr(self.tracer, "span_processor", None), "_span_processors", ())
+            limits = getattr(self.tracer, "_span_limits", None)
+            if (len(procs) == 1 and type(procs[0]) is SQLiteSpanProcessor
+                    and getattr(self.tracer, "sampler", None) is sampling.DEFAULT_ON
+                    and limits is not None and limits.max_attribute_length is None):
+                self._sink = procs[0]
+        return self._sink
+
+    def _input_text(self, messages) -> tuple[str, str]:
+        """(redacted semconv JSON, its hash) of a request's messages: the synthesizers of a layer
+        share one list, so it is computed once. The entry keeps the list alive (its id stays its)."""
+        hit = self._inputs.get(id(messages))
+        if hit is not None and hit[0] is messages:
+            return hit[1], hit[2]
+        from .tracing.exporter import _clean
+        from .tracing.store import text_hash
+
+        value = _clean(semconv_messages(messages))
+        if len(self._inputs) >= 256:
+            self._inputs.clear()
+        self._inputs[id(messages)] = (messages, value, text_hash(value))
+        return value, self._inputs[id(messages)][2]
+
+    def _replayed_row(self, sink, req: CallRequest, hit, parent) -> CallResult:
+        """A call served from the store, written as the row :func:`span_to_row` would make of its
+        span (same columns, attributes, redaction and hashes), without the OpenTelemetry SDK."""
+        from .tracing.exporter import _clean, output_text
+        from .tracing.store import text_hash
+
+        span_id_src, text, usage = hit
+        start = time.time_ns()
+        sid = format(random.getrandbits(64) or 1, "016x")
+        inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
+        attrs: dict[str, Any] = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: _clean(req.spec.provider),
+                                 A.REQUEST_TEMPERATURE: float(req.temperature),
+                                 A.REQUEST_MAX_TOKENS: int(req.max_tokens)}
+        if req.seed is not None:
+            attrs[A.REQUEST_SEED] = req.seed
+        if req.sources:
+            attrs[A.INPUT_SOURCES] = _clean(json.dumps(list(req.sources)))
+            attrs[A.INPUT_AGENTS] = _clean(json.dumps(list(req.source_agents)))
+        attrs["moakit.replayed_from"] = _clean(span_id_src)
+        if usage.get("response_model"):
+            attrs[A.RESPONSE_MODEL] = _clean(usage["response_model"])
+        texts: dict[str, str] = {}
+        row: dict[str, Any] = {
+            "span_id": sid, "name": f"chat {req.spec.model}", "status": "UNSET",
+            "kind": "call", "model": _clean(req.spec.model), "agent": _clean(req.agent), "sample": req.sample,
+            "step_index": req.step_index, "step": _clean(req.step_kind), "request_key": _clean(req.key),
+            "attempt": 0, "cached": True, "cost_usd": 0.0, "input_tokens": inp, "output_tokens": outp,
+        }
+        row["trace_id"], row["parent_id"] = format(parent.trace_id, "032x"), format(parent.span_id, "016x")
+        if self.config.record_content:
+            value, h = self._input_text(req.messages)
+            texts[h] = value
+            row["input_hash"] = h
+        out = output_text(_clean(_output_messages(text, None)))
+        h = text_hash(out)
+        texts[h] = out
+        row["output_hash"] = h
+        row["attributes"] = json.dumps(attrs, ensure_ascii=False)
+        row["start_ns"] = start
+        row["end_ns"] = time.time_ns()
+        sink.add_row(row, texts)
+        self.reused += 1
+        return CallResult(text=text, span_id=sid, cached=True, input_tokens=inp, output_tokens=outp, attempts=0)
+
     def _replayed(self, req: CallRequest, hit) -> CallResult:
+        sink = self._row_sink()
+        if sink is not None:
+            from opentelemetry import trace as otel_trace
+
+            parent = otel_trace.get_current_span().get_span_context()
+            if parent.is_valid and parent.trace_flags.sampled:  # a root or unsampled span: the SDK decides
+                return self._replayed_row(sink, req, hit, parent)
         span_id_src, text, usage = hit
         span = self._start(req, 0)
         span.set_attributes({

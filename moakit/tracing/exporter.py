@@ -116,6 +116,16 @@ class SQLiteSpanProcessor(SpanProcessor):
                 return
         self.flush()
 
+    def add_row(self, row: dict[str, Any], texts: dict[str, str]) -> None:
+        """Queue a row made without a span (a replayed call, see ``Client._replayed_row``): it
+        waits for the next commit like a replayed call's span."""
+        with self._lock:
+            self._rows.append(row)
+            self._texts.update(texts)
+            if len(self._rows) < self.MAX_PENDING:
+                return
+        self.flush()
+
     def flush(self) -> None:
         """Commit every span waiting (one transaction)."""
         with self._lock:
