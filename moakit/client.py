@@ -182,6 +182,7 @@ class Client:
         self.reused = 0
         self._sink: Any = False  # resolved on the first replayed call (see _row_sink)
         self._inputs: dict[int, tuple] = {}  # id(messages) -> (messages, redacted JSON, hash)
+        self._cleaned: dict[str, str] = {}  # short repeated attribute strings -> redacted
 
     def _model_sem(self, model: str):
         if not self._per_model_cap:
@@ -286,22 +287,32 @@ class Client:
         start = time.time_ns()
         sid = format(random.getrandbits(64) or 1, "016x")
         inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
-        attrs: dict[str, Any] = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: _clean(req.spec.provider),
+        memo = self._cleaned  # names (provider, model, agent, step) repeat on every call: redacted once
+
+        def clean(v: str) -> str:
+            c = memo.get(v)
+            if c is None:
+                if len(memo) >= 4096:
+                    memo.clear()
+                c = memo[v] = _clean(v)
+            return c
+
+        attrs: dict[str, Any] = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: clean(req.spec.provider),
                                  A.REQUEST_TEMPERATURE: float(req.temperature),
                                  A.REQUEST_MAX_TOKENS: int(req.max_tokens)}
         if req.seed is not None:
             attrs[A.REQUEST_SEED] = req.seed
         if req.sources:
-            attrs[A.INPUT_SOURCES] = _clean(json.dumps(list(req.sources)))
-            attrs[A.INPUT_AGENTS] = _clean(json.dumps(list(req.source_agents)))
+            attrs[A.INPUT_SOURCES] = clean(json.dumps(list(req.sources)))  # shared by a layer's calls
+            attrs[A.INPUT_AGENTS] = clean(json.dumps(list(req.source_agents)))
         attrs["moakit.replayed_from"] = _clean(span_id_src)
         if usage.get("response_model"):
-            attrs[A.RESPONSE_MODEL] = _clean(usage["response_model"])
+            attrs[A.RESPONSE_MODEL] = clean(usage["response_model"])
         texts: dict[str, str] = {}
         row: dict[str, Any] = {
             "span_id": sid, "name": f"chat {req.spec.model}", "status": "UNSET",
-            "kind": "call", "model": _clean(req.spec.model), "agent": _clean(req.agent), "sample": req.sample,
-            "step_index": req.step_index, "step": _clean(req.step_kind), "request_key": _clean(req.key),
+            "kind": "call", "model": clean(req.spec.model), "agent": clean(req.agent), "sample": req.sample,
+            "step_index": req.step_index, "step": clean(req.step_kind), "request_key": _clean(req.key),
             "attempt": 0, "cached": True, "cost_usd": 0.0, "input_tokens": inp, "output_tokens": outp,
         }
         row["trace_id"], row["parent_id"] = format(parent.trace_id, "032x"), format(parent.span_id, "016x")
@@ -309,7 +320,9 @@ class Client:
             value, h = self._input_text(req.messages)
             texts[h] = value
             row["input_hash"] = h
-        out = output_text(_clean(_output_messages(text, None)))
+        j = _output_messages(text, None)
+        c = _clean(j)
+        out = text if c is j or c == j else output_text(c)  # nothing redacted or replaced: the text itself
         h = text_hash(out)
         texts[h] = out
         row["output_hash"] = h
