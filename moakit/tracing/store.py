@@ -157,7 +157,13 @@ class TraceStore:
             cur = self.conn.execute(sql, tuple(params))
             cols = [d[0] for d in cur.description]
             rows = cur.fetchall()
-            return pd.DataFrame.from_records(rows, columns=cols)
+            if not rows:
+                return pd.DataFrame.from_records(rows, columns=cols)
+            # column by column: pandas infers each column's dtype as from_records does, at about
+            # half the cost (no 2-D object array; a string column goes to Arrow in one pass)
+            data = {c: pd.Series(v, copy=False) for c, v in zip(cols, zip(*rows))}
+            del rows
+            return pd.DataFrame(data, copy=False)
 
     def text(self, h: str | None) -> str | None:
         if h is None:
