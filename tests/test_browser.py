@@ -232,6 +232,11 @@ def test_quickstart_runs_in_jupyterlab_and_draws_the_tree(lab, browser):
 def test_executed_quickstart_shows_its_widgets_from_saved_state(lab, browser):
     page = _open(browser, lab, "saved.ipynb")
     page.wait_for_selector(".moakit-tree", timeout=90_000)
+    # saved widget views render one after another: wait for all four trees, not just the first
+    try:
+        page.wait_for_function("document.querySelectorAll('.moakit-tree').length >= 4", timeout=90_000)
+    except Exception:  # noqa: BLE001 - the assertion below says what was found
+        pass
     assert page.locator(".moakit-tree").count() >= 4
     _check_first_tree(page)
     # nothing ran: every execution count is the one saved by the headless run
