@@ -107,3 +107,27 @@ def reading_html(text: str | None) -> str:
         return ""
     return (f"<div class='moakit-reading' style='font-size:14px;line-height:1.4;font-weight:bold;margin:4px 0 8px 0;white-space:pre-line;"
             f"font-family:var(--jp-ui-font-family, sans-serif)'>{html.escape(text)}</div>")
+
+
+class ChartView:
+    """Base of the analysis views: the one-line reading above a chart with a table beside it.
+    Subclasses give ``reading``, ``chart()`` and ``side()`` (the ipywidget beside the chart)."""
+
+    css_class = "moakit-view"
+    _widget = None
+
+    def side(self):  # pragma: no cover - every view defines it
+        raise NotImplementedError
+
+    def widget(self):
+        if self._widget is None:
+            import ipywidgets as w
+
+            body = w.HBox([chart_widget(self.chart()), self.side()],
+                          layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
+            self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
+            self._widget.add_class(self.css_class)
+        return self._widget
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget()._repr_mimebundle_(**kwargs)

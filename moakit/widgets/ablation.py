@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._chart import chart_widget, reading_html, table_html
+from ._chart import ChartView, table_html
 from .bias import _reading
 
 
-class AblationView:
+class AblationView(ChartView):
     """Score by variant with its interval (left), calls paid vs reused per variant (below),
     the table of every number (right), the reading (top). State: ``table``, ``reading``,
     ``spec`` (Vega-Lite dict of the charts), ``variants`` (in the order drawn)."""
@@ -82,26 +82,18 @@ class AblationView:
         cols = [self.variant, self.score] + [c for c in self.TABLE_COLUMNS if c in self.table.columns]
         return list(dict.fromkeys(cols))
 
-    def widget(self):
-        if self._widget is not None:
-            return self._widget
+    css_class = "moakit-ablation"
+
+    def side(self):
         import ipywidgets as w
 
-        table = w.HTML(table_html(self.table, self.table_columns(), money_cols=("cost_usd",)))
-        body = w.HBox([chart_widget(self.chart()), table],
-                      layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
-        self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
-        self._widget.add_class("moakit-ablation")
-        return self._widget
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget()._repr_mimebundle_(**kwargs)
+        return w.HTML(table_html(self.table, self.table_columns(), money_cols=("cost_usd",)))
 
     def __repr__(self) -> str:
         return f"AblationView({len(self.table)} variants: {self.reading or ''})"
 
 
-class ImpactView:
+class ImpactView(ChartView):
     """The aggregator-vs-proposer grid of :func:`moakit.analysis.impact`: the score of every
     (aggregator, proposer set) cell as a heat map, the marginal score of each aggregator and
     each proposer set with intervals, the two effects and their ratio, the Table 4 layout
@@ -172,23 +164,16 @@ class ImpactView:
                 for r in self.table4.to_dict("records")]
         return pd.DataFrame(rows, columns=["model", "as aggregator", "as proposer"])
 
-    def widget(self):
-        if self._widget is not None:
-            return self._widget
+    css_class = "moakit-impact"
+
+    def side(self):
         import ipywidgets as w
 
         t4 = w.HTML("<div style='font-size:12px'><b>Table 4 layout</b>: score as aggregator / as proposer "
                     "[95% interval]</div>" + table_html(self._table4_compact()))
         eff = w.HTML("<div style='font-size:12px;margin-top:8px'><b>effects</b></div>"
                      + table_html(self.effects, ["factor", "score", "ci_low", "ci_high", "n", "p_value"]))
-        body = w.HBox([chart_widget(self.chart()), w.VBox([t4, eff])],
-                      layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
-        self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
-        self._widget.add_class("moakit-impact")
-        return self._widget
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget()._repr_mimebundle_(**kwargs)
+        return w.VBox([t4, eff])
 
     def __repr__(self) -> str:
         return f"ImpactView({len(self.table4)} choices: {self.reading or ''})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._chart import chart_widget, reading_html, table_html
+from ._chart import ChartView, table_html
 
 BLOCK_COLUMNS = ("measure", "step", "aggregator")
 
@@ -33,7 +33,7 @@ def _nonnull(df, col) -> bool:
     return col in df.columns and df[col].notna().any()
 
 
-class BiasView:
+class BiasView(ChartView):
     """Chart (influence by position with its interval; 0, no effect, dashed), table, reading.
 
     State: ``table`` (the DataFrame drawn), ``reading`` (str), ``x`` (``position`` or
@@ -98,20 +98,12 @@ class BiasView:
                                         "p_value", "confounded") if c in self.table.columns]
         return list(dict.fromkeys(cols))
 
-    def widget(self):
-        if self._widget is not None:
-            return self._widget
+    css_class = "moakit-bias"
+
+    def side(self):
         import ipywidgets as w
 
-        table = w.HTML(table_html(self.table, self.table_columns()))
-        body = w.HBox([chart_widget(self.chart()), table],
-                      layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
-        self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
-        self._widget.add_class("moakit-bias")
-        return self._widget
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget()._repr_mimebundle_(**kwargs)
+        return w.HTML(table_html(self.table, self.table_columns()))
 
     def __repr__(self) -> str:
         return f"BiasView({len(self.table)} rows by {self.x}: {self.reading or ''})"
