@@ -170,27 +170,22 @@ def impact(aggregators, proposer_sets, prompts, *, scorer, repeats: int = 1, mod
                          "ci_high": hi, "n": int(np.isfinite(cube[:, ai, si]).sum()), "p_value": math.nan,
                          **sums((item_df["aggregator"] == a) & (item_df["proposers"] == s))})
     idx = rng.integers(0, P, size=(n_boot, P)) if n_boot and P > 1 else None
+    def marginal(per, level: str, label) -> dict:
+        """One marginal row: the per-prompt mean over the other factor, bootstrapped over prompts."""
+        lo = hi = math.nan
+        if idx is not None:
+            b = np.nanmean(per[idx], axis=1)
+            lo, hi = float(np.nanpercentile(b, 2.5)), float(np.nanpercentile(b, 97.5))
+        return {"level": level, "factor": level, "aggregator": label if level == "aggregator" else None,
+                "proposers": label if level == "proposers" else None, "score": float(np.nanmean(per)),
+                "ci_low": lo, "ci_high": hi, "n": int(np.isfinite(per).sum()), "p_value": math.nan,
+                **sums(item_df[level] == label)}
+
     with np.errstate(all="ignore"):
         for ai, a in enumerate(a_labels):
-            per = np.nanmean(cube[:, ai, :], axis=1)
-            lo = hi = math.nan
-            if idx is not None:
-                b = np.nanmean(per[idx], axis=1)
-                lo, hi = float(np.nanpercentile(b, 2.5)), float(np.nanpercentile(b, 97.5))
-            rows.append({"level": "aggregator", "factor": "aggregator", "aggregator": a, "proposers": None,
-                         "score": float(np.nanmean(per)), "ci_low": lo, "ci_high": hi,
-                         "n": int(np.isfinite(per).sum()), "p_value": math.nan,
-                         **sums(item_df["aggregator"] == a)})
+            rows.append(marginal(np.nanmean(cube[:, ai, :], axis=1), "aggregator", a))
         for si, s in enumerate(s_labels):
-            per = np.nanmean(cube[:, :, si], axis=1)
-            lo = hi = math.nan
-            if idx is not None:
-                b = np.nanmean(per[idx], axis=1)
-                lo, hi = float(np.nanpercentile(b, 2.5)), float(np.nanpercentile(b, 97.5))
-            rows.append({"level": "proposers", "factor": "proposers", "aggregator": None, "proposers": s,
-                         "score": float(np.nanmean(per)), "ci_low": lo, "ci_high": hi,
-                         "n": int(np.isfinite(per).sum()), "p_value": math.nan,
-                         **sums(item_df["proposers"] == s)})
+            rows.append(marginal(np.nanmean(cube[:, :, si], axis=1), "proposers", s))
 
     ea, ep = effects(cube)
     ratio = ea / ep if ep else (math.inf if ea else math.nan)
