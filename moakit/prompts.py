@@ -31,7 +31,7 @@ TOGETHER_AGGREGATE = (
     "highest standards of accuracy and reliability.\n\nResponses from models:"
 )
 
-# mixture-llm 0.1.5, src/mixture_llm/core.py
+# mixture-llm 0.1.3, src/mixture_llm/core.py
 MIXTURE_SYNTH = (
     "You have been provided with responses from various models to a query. "
     "Synthesize into a single, high-quality response. "
@@ -53,10 +53,10 @@ MIXTURE_RANK = (
 
 SOURCES = {
     "TOGETHER_AGGREGATE": "Wang et al. 2024, arXiv 2406.04692, Table 1; togethercomputer/MoA utils.py",
-    "MIXTURE_SYNTH": "mixture-llm 0.1.5 core.P_SYNTH",
-    "MIXTURE_REFINE": "mixture-llm 0.1.5 core.P_REFINE",
-    "MIXTURE_VOTE": "mixture-llm 0.1.5 core.P_VOTE",
-    "MIXTURE_RANK": "mixture-llm 0.1.5 core.P_RANK",
+    "MIXTURE_SYNTH": "mixture-llm 0.1.3 core.P_SYNTH",
+    "MIXTURE_REFINE": "mixture-llm 0.1.3 core.P_REFINE",
+    "MIXTURE_VOTE": "mixture-llm 0.1.3 core.P_VOTE",
+    "MIXTURE_RANK": "mixture-llm 0.1.3 core.P_RANK",
 }
 
 

@@ -39,3 +39,15 @@ def test_rank_and_refine_prompts():
     assert "for the query: 'Q?'" in rank and "1. x\n\n2. y\n\n3. z" in rank and "top 2" in rank
     refine = TOGETHER.refine_messages(q, "draft")[0]["content"]
     assert refine == "Improve this response:\n\ndraft\n\nOriginal query: Q?"
+
+
+def test_mixture_llm_prompts_match_the_installed_library():
+    import pytest
+
+    core = pytest.importorskip("mixture_llm.core")
+    from moakit import prompts
+
+    assert prompts.MIXTURE_SYNTH == core.P_SYNTH
+    assert prompts.MIXTURE_REFINE == core.P_REFINE
+    assert prompts.MIXTURE_VOTE == core.P_VOTE
+    assert prompts.MIXTURE_RANK == core.P_RANK
