@@ -87,14 +87,12 @@ def _rank_choices(store, ids) -> dict[tuple[str, int], list[int] | None]:
     reply could not be parsed (the engine then kept the first n: not the model's choice)."""
     if store is None:
         return {}
-    where, params = "kind='step' AND step='Rank'", []
-    if ids is not None:
-        where += f" AND trace_id IN ({', '.join('?' * len(ids))})"
-        params = list(ids)
+    where, params = store._where(ids, "step")
     out = {}
     for trace_id, step_index, choice, parsed in store.query(
-            "SELECT trace_id, step_index, json_extract(attributes, '$.\"moakit.rank.choice\"'), "
-            f"json_extract(attributes, '$.\"moakit.rank.parsed\"') FROM spans WHERE {where}", params):
+            "SELECT s.trace_id, s.step_index, json_extract(s.attributes, '$.\"moakit.rank.choice\"'), "
+            f"json_extract(s.attributes, '$.\"moakit.rank.parsed\"') FROM spans s WHERE {where} AND s.step='Rank'",
+            params):
         if choice is None or parsed in (0, False, "false"):
             out[(trace_id, int(step_index))] = None
         else:
@@ -105,11 +103,9 @@ def _rank_choices(store, ids) -> dict[tuple[str, int], list[int] | None]:
 def _request_keys(store, ids) -> dict[str, str]:
     if store is None:
         return {}
-    where, params = "kind='call' AND request_key IS NOT NULL", []
-    if ids is not None:
-        where += f" AND trace_id IN ({', '.join('?' * len(ids))})"
-        params = list(ids)
-    return dict(store.query(f"SELECT span_id, request_key FROM spans WHERE {where}", params))
+    where, params = store._where(ids, "call")
+    return dict(store.query(f"SELECT s.span_id, s.request_key FROM spans s WHERE {where} "
+                            "AND s.request_key IS NOT NULL", params))
 
 
 # ---- per call ---------------------------------------------------------------------------------

@@ -161,6 +161,17 @@ _CACHED = (f"display:inline-block;padding:0 5px;border-radius:8px;font-size:11px
            f"border:1px solid {GREEN}")
 
 
+
+def _pager_row(label, turn):
+    """◀ previous / label / next ▶ buttons; ``turn(-1)`` or ``turn(+1)`` changes the page."""
+    import ipywidgets as w
+
+    prev = w.Button(description="◀ previous", layout=w.Layout(width="110px"))
+    nxt = w.Button(description="next ▶", layout=w.Layout(width="110px"))
+    prev.on_click(lambda _b: turn(-1))
+    nxt.on_click(lambda _b: turn(+1))
+    return w.HBox([prev, label, nxt])
+
 class PipelineTree:
     """The tree of one stored run. ``PipelineTree(store, trace_id)`` (a unique prefix of the
     trace id is enough; ``store`` may be a path).
@@ -358,12 +369,9 @@ class PipelineTree:
                 self._step_html[i] = w.HTML(self._calls_html(i))
                 box.append(self._step_html[i])
             if st["pages"] > 1:
-                prev = w.Button(description="◀ previous", layout=w.Layout(width="110px"))
-                nxt = w.Button(description="next ▶", layout=w.Layout(width="110px"))
                 self._pager_label[i] = w.Label(self._pager_text(i))
-                prev.on_click(lambda _b, i=i: self.set_page(i, self._pages[i] - 1))
-                nxt.on_click(lambda _b, i=i: self.set_page(i, self._pages[i] + 1))
-                box.append(w.HBox([prev, self._pager_label[i], nxt]))
+                box.append(_pager_row(self._pager_label[i],
+                                      lambda delta, i=i: self.set_page(i, self._pages[i] + delta)))
             parts.append(w.VBox(box, layout=w.Layout(margin="0 0 0 16px")))
         self._widget = w.VBox(parts, layout=w.Layout(border=f"1px solid {BORDER}", padding="6px"))
         self._widget.add_class("moakit-tree")
@@ -519,11 +527,7 @@ class BatchView:
         self._label = w.Label()
         pager = []
         if self.pages > 1:
-            prev = w.Button(description="◀ previous", layout=w.Layout(width="110px"))
-            nxt = w.Button(description="next ▶", layout=w.Layout(width="110px"))
-            prev.on_click(lambda _b: self.set_page(self.page - 1))
-            nxt.on_click(lambda _b: self.set_page(self.page + 1))
-            pager = [w.HBox([prev, self._label, nxt])]
+            pager = [_pager_row(self._label, lambda delta: self.set_page(self.page + delta))]
         self._fill()
         self._widget = w.VBox([w.HTML(self.header_html()), *pager, self._acc])
         self._widget.add_class("moakit-batch")
