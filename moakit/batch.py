@@ -4,6 +4,8 @@ flight, a progress bar, resumable through the cache (a rerun pays only for what 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
 import uuid
 from typing import Any, Sequence
 
@@ -44,18 +46,21 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
     if not items:
         raise PipelineError("prompts is empty")
     validate_pipeline(pipeline)  # bad input fails before the trace file is even opened
+    queries = []
     for i, q in enumerate(items):  # name the bad prompt: in a batch of 805, "the query is empty" is not enough
         try:
-            normalize_query(q)
+            queries.append(normalize_query(q))
         except PipelineError as e:
             raise PipelineError(f"prompt {i}: {e}") from None
     store = open_store(store)
     cache_store = _open_cache(cache, store)
-    # plan every item before the first call: bad input fails here, nothing is spent
-    plans = [plan_run(pipeline, q, seed=seed, models=models, templates=templates, max_tokens=max_tokens,
-                      cache=cache_store, offline=offline, name=name,
-                      rng_seed=derived_seed(seed, f"item{i}") if seed is not None else None)
-             for i, q in enumerate(items)]
+    # plan before the first call: bad input fails here, nothing is spent. Pipeline, models and keys
+    # are the same for every prompt, so they are checked once; each item gets its query and RNG seed.
+    base = plan_run(pipeline, queries[0], seed=seed, models=models, templates=templates, max_tokens=max_tokens,
+                    cache=cache_store, offline=offline, name=name)
+    plans = [dataclasses.replace(base, query=q, rng_seed=derived_seed(seed, f"item{i}") if seed is not None
+                                 else secrets.randbits(31))
+             for i, q in enumerate(queries)]
     cap = 16 if max_concurrency is None else max_concurrency
     client, tracer = make_client(store, cache_store, offline, cap, per_model_concurrency, client_config,
                                  record_content)
