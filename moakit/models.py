@@ -147,7 +147,27 @@ def resolve(agents: list[str], models: Any = None, recorded: Mapping[str, str] |
             out[agent] = _spec(models["*"], agent)
         else:
             out[agent] = _spec(agent, agent)
+    if isinstance(models, Mapping) and "*" not in models:
+        _warn_near_misses([k for k in models if isinstance(k, str) and k not in out], [a for a in out if a not in models])
     return out
+
+
+class ModelMappingWarning(UserWarning):
+    """A key of ``models=`` looks like a misspelt agent name."""
+
+
+def _warn_near_misses(unused: list[str], unmapped: list[str]) -> None:
+    """Warn when an agent was resolved by its own name while ``models=`` has an unused key that
+    is nearly that name (``"gpt4o"`` for agent ``"gpt-4o"``): the call would go to the alias,
+    not to the model the user mapped. Unused keys that match no agent are fine (one mapping
+    shared by several pipelines)."""
+    import warnings
+
+    for agent in unmapped:
+        close = difflib.get_close_matches(agent, unused, n=1, cutoff=0.8)
+        if close:
+            warnings.warn(f"agent {agent!r} is not a key of models= and was resolved by its own name; models= has "
+                          f"the unused key {close[0]!r}: a typo?", ModelMappingWarning, stacklevel=4)
 
 
 def check_keys(specs: Mapping[str, ModelSpec], environ: Mapping[str, str] | None = None) -> None:

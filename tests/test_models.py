@@ -43,3 +43,20 @@ def test_models_dict_spec_keeps_key_out_of_repr():
     spec = resolve(["a"], {"a": {"model": "openai/m", "api_key": "sk-secret-value-123456"}})["a"]
     assert "sk-secret" not in repr(spec)
     assert spec.litellm_kwargs()["api_key"] == "sk-secret-value-123456"
+
+
+def test_misspelt_models_key_warns_before_any_call():
+    """A key of models= that nearly names an agent resolved by its own alias is probably a typo:
+    the call would go to the alias's model, not the one mapped, so it warns (before any call)."""
+    import warnings
+
+    from moakit.models import ModelMappingWarning
+
+    with pytest.warns(ModelMappingWarning, match="'gpt4o'"):
+        specs = resolve(["gpt-4o", "llama-3.3-70b"], {"gpt4o": "openai/gpt-4o-mini", "llama-3.3-70b": "local"})
+    assert specs["gpt-4o"].model == "openai/gpt-4o"  # what the alias says: hence the warning
+    # keys matching no agent (one mapping shared by several pipelines) and a "*" default are fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve(["gpt-4o"], {"gpt-4o": "local", "claude-sonnet-4": "local"})
+        resolve(["gpt-4o"], {"gpt4o": "local", "*": "local"})
