@@ -141,9 +141,9 @@ def markdown(results: list[CaseResult], info: dict, mode: str, started: str, loa
         f"- {info['cores']} cores, {info['cpu']}, {info.get('memory_gb', '?')} GB memory; {info['platform']}",
         f"- Python {info['python']}, SQLite {info['sqlite']}; "
         + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine's 2 cores were "
-        "shared with other engineers' builds and tests while this ran, so single figures are noisy; the "
-        "alternating pairs keep the comparisons fair, and the medians keep outliers out.",
+        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after} (a load above about 1 means "
+        "other processes shared the cores; single figures are then noisy, while the alternating pairs keep the "
+        "comparisons fair and the medians keep outliers out).",
         "",
         "## Figures",
         "",
