@@ -11,12 +11,50 @@ import json
 from typing import Any, Sequence
 
 
+_canonical = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode
+_plain = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _canonical(obj)  # = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def messages_json(messages: Sequence[dict]) -> str:
+    """The canonical JSON of a request's messages, as :func:`request_hash` hashes it."""
+    return canonical([{"role": m.get("role"), "content": m.get("content")} for m in messages])
+
+
+_SCALARS: dict[tuple, str] = {}  # (type, value) -> JSON: agents, models and settings repeat on every call
+
+
+def _scalar(v: Any) -> str:
+    k = (type(v), v)
+    hit = _SCALARS.get(k)
+    if hit is None:
+        if len(_SCALARS) >= 4096:
+            _SCALARS.clear()
+        hit = _SCALARS[k] = _plain(v)
+    return hit
 
 
 def request_hash(*, agent: str, model: str, messages: Sequence[dict], temperature: float | None,
-                 max_tokens: int | None, seed: int | None) -> str:
+                 max_tokens: int | None, seed: int | None, messages_canonical: str | None = None) -> str:
+    """sha256 of ``canonical({"agent", "model", "messages", "temperature", "max_tokens", "seed"})``.
+
+    The canonical text is assembled from its parts (keys in sorted order, the scalars encoded as
+    ``canonical`` encodes them), so a layer's requests, which share their messages, can pass
+    ``messages_canonical`` (:func:`messages_json` of ``messages``) computed once; the text, and so the
+    key, is the same either way (tests/test_keys_fast.py)."""
+    mj = messages_json(messages) if messages_canonical is None else messages_canonical
+    temp = None if temperature is None else float(temperature) + 0.0  # -0.0 is 0.0
+    text = (f'{{"agent":{_scalar(agent)},"max_tokens":{_scalar(max_tokens)},"messages":{mj},'
+            f'"model":{_scalar(model)},"seed":{_scalar(seed)},"temperature":{_scalar(temp)}}}')
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _request_hash_reference(*, agent: str, model: str, messages: Sequence[dict], temperature: float | None,
+                            max_tokens: int | None, seed: int | None) -> str:
+    """The definition :func:`request_hash` must agree with (kept for the tests)."""
     payload = {
         "agent": agent,
         "model": model,
