@@ -9,7 +9,7 @@ import secrets
 import uuid
 from typing import Any, Sequence
 
-from .engine import _open_cache, _Runner, make_client, normalize_query, open_store, plan_run, run_sync
+from .engine import _open_cache, _Runner, flush_pending, make_client, normalize_query, open_store, plan_run, run_sync
 from .errors import MoakitError, PipelineError
 from .steps import validate_pipeline
 from .tracing.keys import derived_seed
@@ -92,6 +92,7 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
     finally:
         if bar is not None:
             bar.close()
+        flush_pending(tracer)  # rows still waiting (replayed runs ride in the next commit): written now
     df = pd.DataFrame(rows)
     for col in ("calls_paid", "calls_reused"):
         df[col] = df.get(col, pd.Series(0, index=df.index)).fillna(0).astype(int)

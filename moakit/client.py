@@ -22,7 +22,9 @@ from opentelemetry.trace import Status, StatusCode
 from .errors import CallFailed, ReplayMiss
 from .models import ModelSpec
 from .tracing import attributes as A
+from .tracing.exporter import _clean, _clean_id, output_text
 from .tracing.redact import redact
+from .tracing.store import text_hash
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -61,6 +63,7 @@ class CallRequest:
     step_kind: str
     sources: Sequence[str] = ()  # span ids behind the numbered responses shown, in order
     source_agents: Sequence[str] = ()
+    parent: Any = None  # the step span's SpanContext when the engine records spans as rows, else None
 
 
 @dataclass
@@ -96,14 +99,18 @@ class ClientConfig:
                                  f" number of seconds, got {v!r}")
 
 
+# json.dumps(obj, ensure_ascii=False) without building an encoder on every call
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def semconv_messages(messages: Sequence[dict]) -> str:
-    return json.dumps([{"role": m.get("role"), "parts": [{"type": "text", "content": m.get("content") or ""}]}
-                       for m in messages], ensure_ascii=False)
+    return _dumps([{"role": m.get("role"), "parts": [{"type": "text", "content": m.get("content") or ""}]}
+                   for m in messages])
 
 
 def _output_messages(text: str, finish: str | None) -> str:
-    return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}],
-                        "finish_reason": finish or "stop"}], ensure_ascii=False)
+    return _dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}],
+                    "finish_reason": finish or "stop"}])
 
 
 # --- error classification ---------------------------------------------------------------
@@ -161,6 +168,36 @@ def retry_after(exc: BaseException) -> float | None:
             return None
 
 
+_LOOKUP = ("SELECT s.span_id, s.input_tokens, s.output_tokens, s.model, t.text, "
+           "json_extract(s.attributes, '$.\"gen_ai.response.model\"') "
+           "FROM spans s JOIN texts t ON t.hash = s.output_hash WHERE s.span_id IN ({})")
+
+
+def lookup_many(store, keys: Sequence[str]) -> list[tuple[str, str, dict[str, Any]] | None]:
+    """``[store.lookup(k) for k in keys]`` in one query (the same columns, the same answers):
+    a layer's calls are looked up together instead of one SQLite query each."""
+    index = store.cache_index()
+    found = [index.get(k) for k in keys]
+    ids = list(dict.fromkeys(f[0] for f in found if f is not None))
+    if not ids:
+        return [None] * len(keys)
+    rows: dict[str, tuple] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for r in store.query(_LOOKUP.format(",".join("?" * len(chunk))), chunk):
+            rows[r[0]] = r
+    out: list[tuple[str, str, dict[str, Any]] | None] = []
+    for f in found:
+        r = None if f is None else rows.get(f[0])
+        if r is None:
+            out.append(None)
+        else:
+            span_id, inp, outp, model, text, rmodel = r
+            out.append((span_id, text, {"input_tokens": inp, "output_tokens": outp,
+                                        "response_model": rmodel or model}))
+    return out
+
+
 # (model asked, model answered) -> size of litellm's price map when it had no price for them:
 # not asked again until the map changes (litellm.register_model)
 _UNPRICED: dict[tuple[str, str | None], int] = {}
@@ -183,6 +220,8 @@ class Client:
         self._sink: Any = False  # resolved on the first replayed call (see _row_sink)
         self._inputs: dict[int, tuple] = {}  # id(messages) -> (messages, redacted JSON, hash)
         self._cleaned: dict[str, str] = {}  # short repeated attribute strings -> redacted
+        self._lists: list[tuple] = [(None, None), (None, None)]  # last (sources, JSON), (agents, JSON)
+        self._parent_ids: tuple = (None, None, None)  # last parent SpanContext and its hex ids
 
     def _model_sem(self, model: str):
         if not self._per_model_cap:
@@ -192,7 +231,13 @@ class Client:
         return self._per_model[model]
 
     def _start(self, req: CallRequest, attempt: int):
-        span = self.tracer.start_span(f"chat {req.spec.model}")
+        if req.parent is not None:  # the engine's spans are rows: no current span to inherit from
+            from opentelemetry.trace import NonRecordingSpan, set_span_in_context
+
+            span = self.tracer.start_span(f"chat {req.spec.model}",
+                                          context=set_span_in_context(NonRecordingSpan(req.parent)))
+        else:
+            span = self.tracer.start_span(f"chat {req.spec.model}")
         span.set_attributes({
             A.SPAN_KIND: "call",
             A.OPERATION_NAME: "chat",
@@ -220,8 +265,14 @@ class Client:
     def _span_id(span) -> str:
         return format(span.get_span_context().span_id, "016x")
 
-    async def call(self, req: CallRequest) -> CallResult:
-        if self.cache is not None:
+    def cached_many(self, reqs: Sequence[CallRequest]) -> list[CallResult | None]:
+        """Serve what the store holds of ``reqs``, in order, without a task or an await (one
+        query for all the hits); None for each miss, to be made with ``call(req, looked_up=True)``."""
+        hits = lookup_many(self.cache, [r.key for r in reqs])
+        return [None if hit is None else self._replayed(req, hit) for req, hit in zip(reqs, hits)]
+
+    async def call(self, req: CallRequest, looked_up: bool = False) -> CallResult:
+        if self.cache is not None and not looked_up:
             hit = self.cache.lookup(req.key)
             if hit is not None:
                 return self._replayed(req, hit)
@@ -277,45 +328,55 @@ class Client:
         self._inputs[id(messages)] = (messages, value, text_hash(value))
         return value, self._inputs[id(messages)][2]
 
+    def _clean_name(self, v: str) -> str:
+        """Redacted ``v``; names (provider, model, agent, step) repeat on every call: redacted once."""
+        memo = self._cleaned
+        c = memo.get(v)
+        if c is None:
+            if len(memo) >= 4096:
+                memo.clear()
+            c = memo[v] = _clean(v)
+        return c
+
+    def _list_json(self, values, slot: int) -> str:
+        """Redacted ``json.dumps(list(values))``, kept for the last list seen in ``slot``."""
+        hit = self._lists[slot]
+        if hit[0] is values:
+            return hit[1]
+        value = _clean(json.dumps(list(values)))
+        self._lists[slot] = (values, value)
+        return value
+
     def _replayed_row(self, sink, req: CallRequest, hit, parent) -> CallResult:
         """A call served from the store, written as the row :func:`span_to_row` would make of its
         span (same columns, attributes, redaction and hashes), without the OpenTelemetry SDK."""
-        from .tracing.exporter import _clean, output_text
-        from .tracing.store import text_hash
-
         span_id_src, text, usage = hit
         start = time.time_ns()
         sid = format(random.getrandbits(64) or 1, "016x")
         inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
-        memo = self._cleaned  # names (provider, model, agent, step) repeat on every call: redacted once
-
-        def clean(v: str) -> str:
-            c = memo.get(v)
-            if c is None:
-                if len(memo) >= 4096:
-                    memo.clear()
-                c = memo[v] = _clean(v)
-            return c
-
+        clean = self._clean_name
         attrs: dict[str, Any] = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: clean(req.spec.provider),
                                  A.REQUEST_TEMPERATURE: float(req.temperature),
                                  A.REQUEST_MAX_TOKENS: int(req.max_tokens)}
         if req.seed is not None:
             attrs[A.REQUEST_SEED] = req.seed
-        if req.sources:
-            attrs[A.INPUT_SOURCES] = clean(json.dumps(list(req.sources)))  # shared by a layer's calls
-            attrs[A.INPUT_AGENTS] = clean(json.dumps(list(req.source_agents)))
-        attrs["moakit.replayed_from"] = _clean(span_id_src)
+        if req.sources:  # a layer's calls share these lists (the engine passes the same ones)
+            attrs[A.INPUT_SOURCES] = self._list_json(req.sources, 0)
+            attrs[A.INPUT_AGENTS] = self._list_json(req.source_agents, 1)
+        attrs["moakit.replayed_from"] = _clean_id(span_id_src)
         if usage.get("response_model"):
             attrs[A.RESPONSE_MODEL] = clean(usage["response_model"])
         texts: dict[str, str] = {}
         row: dict[str, Any] = {
             "span_id": sid, "name": f"chat {req.spec.model}", "status": "UNSET",
             "kind": "call", "model": clean(req.spec.model), "agent": clean(req.agent), "sample": req.sample,
-            "step_index": req.step_index, "step": clean(req.step_kind), "request_key": _clean(req.key),
+            "step_index": req.step_index, "step": clean(req.step_kind), "request_key": _clean_id(req.key),
             "attempt": 0, "cached": True, "cost_usd": 0.0, "input_tokens": inp, "output_tokens": outp,
         }
-        row["trace_id"], row["parent_id"] = format(parent.trace_id, "032x"), format(parent.span_id, "016x")
+        ids = self._parent_ids
+        if ids[0] is not parent:  # a layer's calls share their parent (the step span)
+            ids = self._parent_ids = (parent, format(parent.trace_id, "032x"), format(parent.span_id, "016x"))
+        row["trace_id"], row["parent_id"] = ids[1], ids[2]
         if self.config.record_content:
             value, h = self._input_text(req.messages)
             texts[h] = value
@@ -326,7 +387,7 @@ class Client:
         h = text_hash(out)
         texts[h] = out
         row["output_hash"] = h
-        row["attributes"] = json.dumps(attrs, ensure_ascii=False)
+        row["attributes"] = _dumps(attrs)
         row["start_ns"] = start
         row["end_ns"] = time.time_ns()
         sink.add_row(row, texts)
@@ -338,7 +399,7 @@ class Client:
         if sink is not None:
             from opentelemetry import trace as otel_trace
 
-            parent = otel_trace.get_current_span().get_span_context()
+            parent = req.parent if req.parent is not None else otel_trace.get_current_span().get_span_context()
             if parent.is_valid and parent.trace_flags.sampled:  # a root or unsampled span: the SDK decides
                 return self._replayed_row(sink, req, hit, parent)
         span_id_src, text, usage = hit

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
 from . import steps as S
@@ -29,7 +30,8 @@ from .prompts import TemplateSet, get_template_set
 from .rank_parse import parse_rank
 from .result import Result
 from .tracing import attributes as A
-from .tracing.keys import derived_seed, request_hash, request_key
+from .tracing.keys import derived_seed, messages_json, request_hash, request_key
+from .tracing.exporter import RowSpan
 from .tracing.store import TraceStore
 
 
@@ -66,6 +68,16 @@ def tracer_for(store: TraceStore):
             entry = (store, provider.get_tracer("moakit"))
             _providers[id(store)] = entry
         return entry[1]
+
+
+def flush_pending(tracer) -> None:
+    """Commit the rows the tracer's store processor holds back (step spans, replayed calls, the
+    run spans of runs that paid for nothing): before a run or batch returns, its rows are in the file."""
+    from .tracing.exporter import SQLiteSpanProcessor
+
+    for p in getattr(getattr(tracer, "span_processor", None), "_span_processors", ()):
+        if isinstance(p, SQLiteSpanProcessor):
+            p.flush()
 
 
 def open_store(store: Any) -> TraceStore:
@@ -181,26 +193,41 @@ class _Runner:
         self.occurrences: Counter = Counter()
         self.totals = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
         self.paid = self.reused = 0  # this run's own counts (a batch's runs share one client)
+        self.parent = None  # the step span's context when spans are rows (RowSpan), else None
+        self._shown: tuple = (None, (), ())
 
     def request(self, agent: str, sample: int, messages: list[dict], step: S.Step, index: int,
-                shown: Sequence[Response] = ()) -> CallRequest:
+                shown: Sequence[Response] = (), keyed: str | None = None) -> CallRequest:
+        """``keyed``: ``messages_json(messages)`` when the caller has it (a layer's requests share
+        their messages: canonical JSON once, not once per request)."""
         spec = self.plan.specs[agent]
         mt = step.max_tokens if self.plan.max_tokens is None else min(step.max_tokens, self.plan.max_tokens)
         model_seed = self.plan.model_seed
         if spec.is_recorded:  # imported outputs were keyed with the step's own settings and no seed
             mt, model_seed = step.max_tokens, None
         base = request_hash(agent=agent, model=spec.model, messages=messages, temperature=step.temp,
-                            max_tokens=mt, seed=model_seed)
+                            max_tokens=mt, seed=model_seed, messages_canonical=keyed)
+        if self._shown[0] is not shown:  # a layer's requests are shown the same responses: one list each
+            self._shown = (shown, [r.span_id for r in shown], [r.agent for r in shown])
+        sources, source_agents = self._shown[1], self._shown[2]
         occ = self.occurrences[base]
         self.occurrences[base] += 1  # assigned before any await: deterministic under concurrency
         key = request_key(base, occ)
         return CallRequest(agent=agent, sample=sample, spec=spec, messages=messages, temperature=step.temp,
                            max_tokens=mt, key=key, seed=derived_seed(model_seed, key), step_index=index,
-                           step_kind=step.kind, sources=[r.span_id for r in shown],
-                           source_agents=[r.agent for r in shown])
+                           step_kind=step.kind, sources=sources, source_agents=source_agents, parent=self.parent)
 
     async def fan_out(self, reqs: list[CallRequest]):
-        results = await asyncio.gather(*(self.client.call(r) for r in reqs))
+        client = self.client
+        if client.cache is not None:  # calls served from the store need no task: answered here, in order
+            results = client.cached_many(reqs)
+            missing = [i for i, r in enumerate(results) if r is None]
+            if missing:
+                got = await asyncio.gather(*(client.call(reqs[i], looked_up=True) for i in missing))
+                for i, r in zip(missing, got):
+                    results[i] = r
+        else:
+            results = await asyncio.gather(*(client.call(r) for r in reqs))
         t = self.totals
         for r in results:
             t["calls"] += max(1, r.attempts)
@@ -235,10 +262,15 @@ class _Runner:
         if kind in ("Propose", "Synthesize"):
             samples = _samples(step.agents)
             if kind == "Propose":
-                reqs = [self.request(a, s, [dict(m) for m in q], step, index) for a, s in zip(step.agents, samples)]
+                msgs = [dict(m) for m in q]  # one copy for the layer (as Synthesize shares its messages)
+                keyed = messages_json(msgs)
+                reqs = [self.request(a, s, msgs, step, index, keyed=keyed)
+                        for a, s in zip(step.agents, samples)]
             else:
                 msgs = tset.aggregate_messages(q, texts, step.prompt)
-                reqs = [self.request(a, s, msgs, step, index, responses) for a, s in zip(step.agents, samples)]
+                keyed = messages_json(msgs)
+                reqs = [self.request(a, s, msgs, step, index, responses, keyed)
+                        for a, s in zip(step.agents, samples)]
             new = await self.survivors(reqs, index, kind, span)
             return (responses + new) if kind == "Propose" else new
 
@@ -297,7 +329,7 @@ class _Runner:
         plan = self.plan
         attrs = {
             A.SPAN_KIND: "run", A.OPERATION_NAME: "invoke_workflow",
-            A.PIPELINE: json.dumps(S.pipeline_to_json(plan.pipeline)), A.SEED: plan.rng_seed,
+            A.PIPELINE: _pipeline_json(plan.pipeline), A.SEED: plan.rng_seed,
             "moakit.seed.sent_to_models": plan.model_seed is not None,
             A.QUERY: json.dumps(plan.query, ensure_ascii=False), A.PROMPT_SET: plan.tset.name,
             A.MODELS: json.dumps({a: s.model for a, s in plan.specs.items()}),
@@ -311,16 +343,30 @@ class _Runner:
             attrs[A.BATCH_ITEM] = batch_item
         responses: list[Response] = []
         error = None
-        with self.tracer.start_as_current_span("invoke_workflow moakit", attributes=attrs,
-                                               record_exception=False, set_status_on_exception=False) as run_span:
-            trace_id = format(run_span.get_span_context().trace_id, "032x")
+        # spans as rows (RowSpan) when the store's processor is the tracer's only one and the run
+        # is no child of a caller's span; else OpenTelemetry SDK spans (the same rows either way)
+        sink = self.client._row_sink()
+        if sink is not None and otel_trace.get_current_span().get_span_context().is_valid:
+            sink = None
+
+        def span(name, attributes, parent):
+            if sink is not None:
+                return RowSpan(sink, name, parent, attributes)
+            return self.tracer.start_as_current_span(name, attributes=attributes, record_exception=False,
+                                                     set_status_on_exception=False)
+
+        with span("invoke_workflow moakit", attrs, None) as run_span:
+            run_ctx = run_span.get_span_context()
+            trace_id = format(run_ctx.trace_id, "032x")
             try:
                 for i, step in enumerate(plan.pipeline):
-                    with self.tracer.start_as_current_span(
-                            f"step {step.kind.lower()}", record_exception=False, set_status_on_exception=False,
-                            attributes={A.SPAN_KIND: "step", A.STEP_INDEX: i, A.STEP_KIND: step.kind,
-                                        A.STEP_SPEC: json.dumps(step.to_dict()),
-                                        A.RESPONSES_IN: json.dumps([r.span_id for r in responses])}) as sspan:
+                    with span(f"step {step.kind.lower()}",
+                              {A.SPAN_KIND: "step", A.STEP_INDEX: i, A.STEP_KIND: step.kind,
+                               A.STEP_SPEC: _step_spec(step),
+                               A.RESPONSES_IN: json.dumps([r.span_id for r in responses])},
+                              run_ctx) as sspan:
+                        if sink is not None:
+                            self.parent = sspan.get_span_context()
                         try:
                             responses = await self.step(i, step, responses, sspan)
                         except BaseException as e:
@@ -348,6 +394,27 @@ class _Runner:
         return Result(output=output, trace_id=trace_id, store=self.client.tracer_store, error=error,
                       responses=list(responses), seed=plan.rng_seed, calls_paid=paid, calls_reused=reused,
                       pipeline=plan.pipeline, query=plan.query)
+
+
+_json_memo: dict[int, tuple[Any, str]] = {}  # id(step or pipeline) -> (it, its JSON): a batch's runs share them
+
+
+def _memo_json(obj, make) -> str:
+    hit = _json_memo.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    if len(_json_memo) >= 1024:
+        _json_memo.clear()
+    value = _json_memo[id(obj)] = (obj, make(obj))
+    return value[1]
+
+
+def _step_spec(step: S.Step) -> str:
+    return _memo_json(step, lambda st: json.dumps(st.to_dict()))
+
+
+def _pipeline_json(pipeline: list) -> str:
+    return _memo_json(pipeline, lambda p: json.dumps(S.pipeline_to_json(p)))
 
 
 def _samples(agents: Sequence[str]) -> list[int]:
@@ -401,7 +468,10 @@ async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, 
                     cache=cache_store, offline=offline, name=name, rng_seed=_rng_seed)
     client, tracer = make_client(store, cache_store, offline, max_concurrency, per_model_concurrency,
                                  client_config, record_content)
-    return await _Runner(plan, client, tracer).run()
+    try:
+        return await _Runner(plan, client, tracer).run()
+    finally:
+        flush_pending(tracer)
 
 
 def run_sync(coro):

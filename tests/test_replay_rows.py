@@ -1,5 +1,7 @@
-"""Replayed calls are written as rows without OpenTelemetry spans (``Client._replayed_row``):
-the rows must be exactly what the span path (``span_to_row``) writes, redaction included."""
+"""Replayed calls are written as rows without OpenTelemetry spans (``Client._replayed_row``),
+and the engine's run and step spans as ``RowSpan`` s: the rows must be exactly what the span
+path (``span_to_row`` of SDK spans) writes, redaction included. With another span processor
+installed, everything stays a real OpenTelemetry span."""
 
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ SECRET_QUERY = f"Summarise this config: OPENAI_API_KEY={SECRET} and say hi."
 VARYING = {"span_id", "trace_id", "parent_id", "start_ns", "end_ns"}
 
 
-def _rows(path):
+def _rows(path, where="kind='call' AND cached=1"):
     st = TraceStore(path)
     cols = ", ".join(SPAN_COLUMNS)
-    rows = [dict(zip(SPAN_COLUMNS, r)) for r in st.query(f"SELECT {cols} FROM spans WHERE kind='call' AND cached=1")]
+    rows = [dict(zip(SPAN_COLUMNS, r)) for r in st.query(f"SELECT {cols} FROM spans WHERE {where}")]
     steps = {r[0]: r[1] for r in st.query("SELECT span_id, trace_id FROM spans WHERE kind='step'")}
     texts = dict(st.query("SELECT hash, text FROM texts"))
     st.close()
@@ -97,3 +99,139 @@ def test_row_path_redacts(recorded, tmp_path, monkeypatch):
     _same_rows(rows1, steps1, texts1, rows2, texts2)
     assert not any(SECRET in t for t in texts1.values())
     assert any("OPENAI_API_KEY=" in texts1[r["input_hash"]] for r in rows1)
+
+
+IDS = (A.RESPONSES_IN, A.RESPONSES_OUT)  # JSON lists of this run's span ids
+
+
+def _same_engine_rows(fast, slow, n_calls):
+    """The run's and steps' rows of the row path (RowSpan) equal the SDK path's, ids aside."""
+    (runs1, _, texts1), (runs2, _, texts2) = _rows(fast, "kind='run'"), _rows(slow, "kind='run'")
+    (steps1, _, _), (steps2, _, _) = _rows(fast, "kind='step'"), _rows(slow, "kind='step'")
+    (calls1, _, _) = _rows(fast, "kind='call'")
+    assert len(runs1) == len(runs2) == 1 and len(steps1) == len(steps2) > 0 and len(calls1) == n_calls
+    run1, run2 = runs1[0], runs2[0]
+    same = lambda a, b: {k: v for k, v in a.items() if k not in VARYING | {"attributes"}} == \
+        {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}  # noqa: E731
+    assert same(run1, run2) and run1["parent_id"] is None and run1["status"] == "OK"
+    assert json.loads(run1["attributes"]) == json.loads(run2["attributes"])
+    assert list(json.loads(run1["attributes"])) == list(json.loads(run2["attributes"]))
+    assert texts1[run1["output_hash"]] == texts2[run2["output_hash"]]
+    assert run1["start_ns"] <= run1["end_ns"]
+    step_ids = set()
+    for a, b in zip(sorted(steps1, key=lambda r: r["step_index"]), sorted(steps2, key=lambda r: r["step_index"])):
+        assert same(a, b)
+        ja, jb = json.loads(a["attributes"]), json.loads(b["attributes"])
+        assert list(ja) == list(jb)
+        for k in IDS:
+            assert len(json.loads(ja.pop(k))) == len(json.loads(jb.pop(k)))
+        assert ja == jb
+        assert a["parent_id"] == run1["span_id"] and a["trace_id"] == run1["trace_id"]
+        assert run1["start_ns"] <= a["start_ns"] <= a["end_ns"] <= run1["end_ns"]
+        step_ids.add(a["span_id"])
+    for c in calls1:  # every call is a child of one of this run's steps, in the run's trace
+        assert c["parent_id"] in step_ids and c["trace_id"] == run1["trace_id"]
+    ids = [r["span_id"] for r in runs1 + steps1 + calls1]
+    assert len(set(ids)) == len(ids) and all(len(i) == 16 and int(i, 16) for i in ids)
+    assert len(run1["trace_id"]) == 32 and int(run1["trace_id"], 16)
+
+
+def test_engine_spans_as_rows_equal_sdk_spans_replayed(recorded, tmp_path, monkeypatch):
+    path, models = recorded
+    _both_paths(QUERY, models, path, tmp_path, monkeypatch, offline=True)
+    _same_engine_rows(tmp_path / "fast.db", tmp_path / "slow.db", 19)
+
+
+def test_engine_spans_as_rows_equal_sdk_spans_paid_and_redacted(recorded, tmp_path, monkeypatch):
+    """Paid calls (not from the store) under RowSpan steps, and a query holding a secret: the
+    run row's attributes (the query, redacted) and the steps' rows are the same on both paths."""
+    _, models = recorded
+    agents = [a for s in together_moa for a in s.agents]
+    rows = {}
+    with StubServer(latency=0.0) as s:
+        live = {a: s.model(a) for a in agents}
+        for label, sink in (("fast", None), ("slow", lambda self: None)):
+            with monkeypatch.context() as m:
+                if sink is not None:
+                    m.setattr(C.Client, "_row_sink", sink)
+                r = moakit.run(together_moa, SECRET_QUERY, models=live, seed=3, store=tmp_path / f"{label}.db")
+            assert r.ok and r.calls_paid == 19
+            rows[label] = r
+    assert rows["fast"].output == rows["slow"].output
+    _same_engine_rows(tmp_path / "fast.db", tmp_path / "slow.db", 19)
+    st = TraceStore(tmp_path / "fast.db")
+    assert not any(SECRET in t for (t,) in st.query("SELECT text FROM texts"))
+    assert not any(SECRET in (a or "") for (a,) in st.query("SELECT attributes FROM spans"))
+    st.close()
+
+
+def test_another_span_processor_gets_real_spans(recorded, tmp_path):
+    """With a second processor on the tracer, runs, steps and calls (replayed and paid) are SDK
+    spans that processor sees, and the store gets the same tree."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from moakit.engine import tracer_for
+
+    path, models = recorded
+    out = TraceStore(tmp_path / "other.db")
+    exporter = InMemorySpanExporter()
+    tracer_for(out).span_processor.add_span_processor(SimpleSpanProcessor(exporter))
+    r = moakit.run(together_moa, QUERY, models=models, seed=3, store=out, cache=path, offline=True)
+    assert r.ok and r.calls_reused == 19
+    spans = exporter.get_finished_spans()
+    kinds = sorted(s.attributes[A.SPAN_KIND] for s in spans)
+    assert kinds.count("run") == 1 and kinds.count("call") == 19 and kinds.count("step") == len(together_moa)
+    ids = {format(s.context.span_id, "016x") for s in spans}
+    assert {r[0] for r in out.query("SELECT span_id FROM spans")} == ids
+    run = next(s for s in spans if s.attributes[A.SPAN_KIND] == "run")
+    for s in spans:
+        assert s.context.trace_id == run.context.trace_id
+        if s is not run:
+            assert s.parent is not None and format(s.parent.span_id, "016x") in ids
+    out.close()
+
+
+def test_clean_id_equals_clean():
+    import random as rnd
+
+    from moakit.tracing import redact as R
+    from moakit.tracing.exporter import _clean, _clean_id
+
+    rng = rnd.Random(5)
+    samples = ["".join(rng.choice("0123456789abcdef") for _ in range(rng.randint(1, 40))) + rng.choice(["", ":0", ":12"])
+               for _ in range(500)] + ["sk-0123456789abcdef0123", "abc", "", "deadbeef" * 5]
+    for v in samples:
+        assert _clean_id(v) == _clean(v)
+    R.add_secret("deadbeefdeadbeef")
+    R.add_redactor(lambda t: t.replace("0", "O"))
+    try:
+        for v in samples:
+            assert _clean_id(v) == _clean(v)
+        assert "[REDACTED]" in _clean_id("00deadbeefdeadbeef00")
+    finally:
+        R.clear_redactors()
+        R._extra_secrets.discard("deadbeefdeadbeef")
+
+
+def test_replayed_runs_are_in_the_file_when_run_and_run_batch_return(recorded, tmp_path):
+    """The run span of a run that paid for nothing rides in a later commit (no run-per-commit in a
+    replayed batch), but run / run_batch return only once every row is committed: another
+    connection sees them all."""
+    path, models = recorded
+    out = tmp_path / "later.db"
+    r = moakit.run(together_moa, QUERY, models=models, seed=3, store=out, cache=path, offline=True)
+    assert r.ok and r.calls_paid == 0
+    other = TraceStore(out)
+    assert other.query("SELECT count(*) FROM spans WHERE kind='run' AND trace_id=?", (r.trace_id,))[0][0] == 1
+    assert other.query("SELECT count(*) FROM spans WHERE trace_id=?", (r.trace_id,))[0][0] == 1 + len(together_moa) + 19
+    other.close()
+    df = moakit.run_batch(together_moa, [QUERY] * 5, models=models, seed=3, store=out, cache=path, offline=True,
+                          progress=False)
+    assert df["error"].isna().all() and (df["calls_paid"] == 0).all() and (df["calls_reused"] == 19).all()
+    other = TraceStore(out)
+    for t in df["trace_id"]:
+        n_calls = other.query("SELECT count(*) FROM spans WHERE trace_id=? AND kind='call'", (t,))[0][0]
+        assert other.query("SELECT count(*) FROM spans WHERE trace_id=? AND kind='run'", (t,))[0][0] == 1
+        assert n_calls == df.loc[df["trace_id"] == t, "calls"].iloc[0]
+    other.close()
