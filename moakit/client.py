@@ -22,7 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 from .errors import CallFailed, ReplayMiss
 from .models import ModelSpec
 from .tracing import attributes as A
-from .tracing.exporter import _clean, _clean_id, output_text
+from .tracing.exporter import RowSpan, _clean, _clean_id, output_text
 from .tracing.redact import redact
 from .tracing.store import text_hash
 
@@ -198,6 +198,11 @@ def lookup_many(store, keys: Sequence[str]) -> list[tuple[str, str, dict[str, An
     return out
 
 
+# the attributes Client._start_row stores already redacted
+_PRE_CLEANED = frozenset((A.SPAN_KIND, A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.REQUEST_TEMPERATURE,
+                          A.REQUEST_MAX_TOKENS, A.AGENT, A.SAMPLE, A.STEP_INDEX, A.STEP_KIND, A.REQUEST_KEY, A.ATTEMPT,
+                          A.REQUEST_SEED, A.INPUT_SOURCES, A.INPUT_AGENTS, A.INPUT_MESSAGES))
+
 # (model asked, model answered) -> size of litellm's price map when it had no price for them:
 # not asked again until the map changes (litellm.register_model)
 _UNPRICED: dict[tuple[str, str | None], int] = {}
@@ -231,6 +236,22 @@ class Client:
         return self._per_model[model]
 
     def _start(self, req: CallRequest, attempt: int):
+        """The call's span: a RowSpan when spans of this tracer go only to the store (its row is
+        the SDK span's row; a paid call's commit is then awaited as a group, see ``_ended``),
+        else an OpenTelemetry SDK span, child of the engine's step span."""
+        sink = self._row_sink()
+        parent = req.parent
+        if sink is not None:
+            if parent is None:
+                from opentelemetry import trace as otel_trace
+
+                parent = otel_trace.get_current_span().get_span_context()
+            if not parent.is_valid:
+                parent = None  # a root span (the SDK samples roots)
+            elif not parent.trace_flags.sampled:
+                sink = None  # the SDK decides (it records nothing)
+        if sink is not None:
+            return self._start_row(sink, req, attempt, parent)
         if req.parent is not None:  # the engine's spans are rows: no current span to inherit from
             from opentelemetry.trace import NonRecordingSpan, set_span_in_context
 
@@ -355,7 +376,7 @@ class Client:
         sid = format(random.getrandbits(64) or 1, "016x")
         inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
         clean = self._clean_name
-        attrs: dict[str, Any] = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: clean(req.spec.provider),
+        attrs: dict[str, Any] = {A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
                                  A.REQUEST_TEMPERATURE: float(req.temperature),
                                  A.REQUEST_MAX_TOKENS: int(req.max_tokens)}
         if req.seed is not None:
@@ -369,7 +390,7 @@ class Client:
         texts: dict[str, str] = {}
         row: dict[str, Any] = {
             "span_id": sid, "name": f"chat {req.spec.model}", "status": "UNSET",
-            "kind": "call", "model": clean(req.spec.model), "agent": clean(req.agent), "sample": req.sample,
+            "kind": clean("call"), "model": clean(req.spec.model), "agent": clean(req.agent), "sample": req.sample,
             "step_index": req.step_index, "step": clean(req.step_kind), "request_key": _clean_id(req.key),
             "attempt": 0, "cached": True, "cost_usd": 0.0, "input_tokens": inp, "output_tokens": outp,
         }
@@ -419,6 +440,47 @@ class Client:
         return CallResult(text=text, span_id=sid, cached=True, input_tokens=usage.get("input_tokens") or 0,
                           output_tokens=usage.get("output_tokens") or 0, attempts=0)
 
+    def _start_row(self, sink, req: CallRequest, attempt: int, parent) -> RowSpan:
+        """``_start`` as a RowSpan: the same attributes in the same order, the strings stored
+        already redacted (names once per client, a layer's shared sources and prompt once per
+        layer, with the prompt's hash), which ``span_to_row`` then takes as they are."""
+        span = RowSpan(sink, f"chat {req.spec.model}", parent)
+        span.group = True
+        clean = self._clean_name
+        a = span.attributes
+        a[A.SPAN_KIND] = clean("call")  # a user's redaction hook sees every string
+        a[A.OPERATION_NAME] = clean("chat")
+        a[A.PROVIDER_NAME] = clean(req.spec.provider)
+        a[A.REQUEST_MODEL] = clean(req.spec.model)
+        a[A.REQUEST_TEMPERATURE] = float(req.temperature)
+        a[A.REQUEST_MAX_TOKENS] = int(req.max_tokens)
+        a[A.AGENT] = clean(req.agent)
+        a[A.SAMPLE] = req.sample
+        a[A.STEP_INDEX] = req.step_index
+        a[A.STEP_KIND] = clean(req.step_kind)
+        a[A.REQUEST_KEY] = _clean_id(req.key)
+        a[A.ATTEMPT] = attempt
+        if req.seed is not None:
+            a[A.REQUEST_SEED] = req.seed
+        if req.sources:
+            a[A.INPUT_SOURCES] = self._list_json(req.sources, 0)
+            a[A.INPUT_AGENTS] = self._list_json(req.source_agents, 1)
+        if self.config.record_content:
+            value, h = self._input_text(req.messages)
+            a[A.INPUT_MESSAGES] = value
+            span.input_hash = (value, h)
+        span.cleaned = _PRE_CLEANED
+        return span
+
+    @staticmethod
+    async def _ended(span) -> None:
+        """End a paid attempt's span; return once its row is committed. A RowSpan's row waits
+        for the group commit of the calls ending in this event-loop turn (one transaction for
+        them all); an SDK span's row was committed by ``on_end`` already."""
+        span.end()
+        if getattr(span, "group", False):
+            await span._sink.committed()
+
     async def _call_with_retries(self, req: CallRequest) -> CallResult:
         cfg = self.config
         last_error = "error"
@@ -433,12 +495,14 @@ class Client:
                     span.set_status(Status(StatusCode.ERROR, "cancelled"))
                     span.set_attribute(A.ERROR_TYPE, "cancelled")
                     span.end()
+                    if getattr(span, "group", False):
+                        span._sink.flush()  # no await while cancelled: committed here
                     raise
                 etype, retryable = classify(exc)
                 msg = redact(str(exc))[:2000]  # redact before cutting: no key survives half-masked
                 span.set_attribute(A.ERROR_TYPE, etype)
                 span.set_status(Status(StatusCode.ERROR, msg))
-                span.end()
+                await self._ended(span)
                 last_error = f"{etype}: {msg}"
                 if not retryable or attempt > cfg.retries:
                     return CallResult(text=None, span_id=sid, error=last_error, attempts=attempt)
@@ -458,9 +522,12 @@ class Client:
             if rid:
                 span.set_attribute(A.RESPONSE_ID, str(rid))
             # the output is always kept: replay needs it even when prompts are not recorded
-            span.set_attribute(A.OUTPUT_MESSAGES, _output_messages(text, finish))
+            out_json = _output_messages(text, finish)
+            span.set_attribute(A.OUTPUT_MESSAGES, out_json)
+            if type(span) is RowSpan:
+                span.output_text = (out_json, text)
             span.set_status(Status(StatusCode.OK))
-            span.end()
+            await self._ended(span)
             self.paid += 1
             return CallResult(text=text, span_id=sid, input_tokens=usage[0], output_tokens=usage[1],
                               cost_usd=cost or 0.0, attempts=attempt)

@@ -414,7 +414,9 @@ def _step_spec(step: S.Step) -> str:
 
 
 def _pipeline_json(pipeline: list) -> str:
-    return _memo_json(pipeline, lambda p: json.dumps(S.pipeline_to_json(p)))
+    """``json.dumps(S.pipeline_to_json(pipeline))``, from each step's memoized JSON (json.dumps
+    joins list items with ", ")."""
+    return "[" + ", ".join(_step_spec(s) for s in pipeline) + "]"
 
 
 def _samples(agents: Sequence[str]) -> list[int]:

@@ -3,9 +3,11 @@
 holds every call that had finished before the kill; a rerun with ``cache=True`` pays only for
 the calls that had not finished.
 
-The child prints ``CALL <span id>`` for every call span *after* the trace store committed it,
-so "finished" means "the engine was told it is written"; the parent kills the child once a
-third of the calls have been printed.
+The child prints ``CALL <span id>`` for every paid call when ``Client.call`` hands its result
+to the engine, so "finished" means "the engine was told it is done": the guarantee is that
+such a call is committed by then (whether its row was committed alone, by the span
+processor's ``on_end``, or with the other calls ending in the same event-loop turn, by a group
+commit the call awaits); the parent kills the child once a third of the calls have been printed.
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ import os, sys
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import moakit
 from moakit import Aggregate, Propose
-from moakit.tracing import exporter
+from moakit import client
 
-_on_end = exporter.SQLiteSpanProcessor.on_end
+_call = client.Client.call
 
-def on_end(self, span):
-    _on_end(self, span)  # committed to the trace file when this returns
-    if dict(span.attributes or {}).get("moakit.span.kind") == "call":
-        print("CALL", format(span.context.span_id, "016x"), flush=True)
+async def call(self, req, looked_up=False):
+    res = await _call(self, req, looked_up)  # the engine is told the call is done when this returns
+    if res.text is not None and not res.cached:
+        print("CALL", res.span_id, flush=True)
+    return res
 
-exporter.SQLiteSpanProcessor.on_end = on_end
+client.Client.call = call
 api_base, db, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 models = {a: {"model": f"openai/{a}", "api_base": api_base, "api_key": "sk-stub-not-a-real-key-000000"}
           for a in ("p1", "p2", "agg")}

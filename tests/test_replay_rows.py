@@ -12,6 +12,7 @@ import pytest
 import moakit
 from moakit import client as C
 from moakit.pipelines import together_moa
+from moakit.steps import pipeline_to_json
 from moakit.testing.stub_server import StubServer
 from moakit.tracing import attributes as A
 from moakit.tracing.store import SPAN_COLUMNS, TraceStore
@@ -115,6 +116,7 @@ def _same_engine_rows(fast, slow, n_calls):
         {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}  # noqa: E731
     assert same(run1, run2) and run1["parent_id"] is None and run1["status"] == "OK"
     assert json.loads(run1["attributes"]) == json.loads(run2["attributes"])
+    assert json.loads(run1["attributes"])[A.PIPELINE] == json.dumps(pipeline_to_json(together_moa))
     assert list(json.loads(run1["attributes"])) == list(json.loads(run2["attributes"]))
     assert texts1[run1["output_hash"]] == texts2[run2["output_hash"]]
     assert run1["start_ns"] <= run1["end_ns"]
@@ -235,3 +237,63 @@ def test_replayed_runs_are_in_the_file_when_run_and_run_batch_return(recorded, t
         assert other.query("SELECT count(*) FROM spans WHERE trace_id=? AND kind='run'", (t,))[0][0] == 1
         assert n_calls == df.loc[df["trace_id"] == t, "calls"].iloc[0]
     other.close()
+
+
+def _same_paid_rows(fast, slow):
+    """Paid calls and failed attempts: the RowSpan rows equal the SDK spans' rows, ids aside."""
+    (c1, steps1, t1), (c2, _, t2) = _rows(fast, "kind='call'"), _rows(slow, "kind='call'")
+    key = lambda r: (r["request_key"], r["attempt"])  # noqa: E731
+    assert len(c1) == len(c2) > 0
+    for a, b in zip(sorted(c1, key=key), sorted(c2, key=key)):
+        assert {k: v for k, v in a.items() if k not in VARYING | {"attributes"}} == \
+            {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}
+        ja, jb = json.loads(a["attributes"]), json.loads(b["attributes"])
+        assert list(ja) == list(jb)
+        sa, sb = json.loads(ja.pop(A.INPUT_SOURCES, "[]")), json.loads(jb.pop(A.INPUT_SOURCES, "[]"))
+        assert (ja.pop(A.RESPONSE_ID, None) is None) == (jb.pop(A.RESPONSE_ID, None) is None)  # the stub counts
+        assert len(sa) == len(sb) and ja == jb
+        assert steps1[a["parent_id"]] == a["trace_id"]
+        assert a["start_ns"] <= a["end_ns"]
+        for col in ("input_hash", "output_hash"):
+            assert (a[col] is None) == (b[col] is None) and (a[col] is None or t1[a[col]] == t2[b[col]])
+    return c1
+
+
+def _paid_both_paths(tmp_path, monkeypatch, query, stub_options, **kwargs):
+    agents = [a for s in together_moa for a in s.agents]
+    out = {}
+    with StubServer(latency=0.0, **stub_options) as s:
+        live = {a: s.model(a) for a in agents}
+        for label, sink in (("fast", None), ("slow", lambda self: None)):
+            with monkeypatch.context() as m:
+                if sink is not None:
+                    m.setattr(C.Client, "_row_sink", sink)
+                out[label] = moakit.run(together_moa, query, models=live, seed=3, store=tmp_path / f"{label}.db",
+                                        **kwargs)
+    assert out["fast"].output == out["slow"].output and out["fast"].error == out["slow"].error
+    return _same_paid_rows(tmp_path / "fast.db", tmp_path / "slow.db")
+
+
+def test_paid_call_rows_equal_sdk_rows_with_a_secret_and_a_hook(tmp_path, monkeypatch):
+    from moakit.tracing import redact as R
+
+    R.add_redactor(lambda t: t.replace("wizardlm", "W").replace("chat", "CHAT"))
+    try:
+        rows = _paid_both_paths(tmp_path, monkeypatch, SECRET_QUERY, {})
+    finally:
+        R.clear_redactors()
+    assert len(rows) == 19 and all(r["cached"] == 0 and r["status"] == "OK" for r in rows)
+    assert any(r["agent"] == "W-2-8x22b" for r in rows)
+    assert all(json.loads(r["attributes"])[A.OPERATION_NAME] == "CHAT" for r in rows)
+    st = TraceStore(tmp_path / "fast.db")
+    assert not any(SECRET in t for (t,) in st.query("SELECT text FROM texts"))
+    st.close()
+
+
+def test_failed_attempts_rows_equal_sdk_rows(tmp_path, monkeypatch):
+    """Persistent faults (the same requests fail on both paths): error rows, retries, dropped agents."""
+    rows = _paid_both_paths(tmp_path, monkeypatch, QUERY, {"persistent_fault_rate": 0.3, "seed": 1},
+                            client_config=moakit.ClientConfig(retries=1, backoff=0.0))
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    assert failed and all(r["error"] and r["output_hash"] is None for r in failed)
+    assert any(r["attempt"] == 2 for r in failed)

@@ -6,6 +6,7 @@ Every string passes through :func:`moakit.tracing.redact.redact` first."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import random
@@ -72,7 +73,12 @@ def _clean_id(v: str) -> str:
 
 
 def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
-    attrs = {k: _clean(v) for k, v in (span.attributes or {}).items()}
+    raw = span.attributes or {}
+    pre = getattr(span, "cleaned", None)  # a RowSpan's values stored already redacted (by _clean)
+    if pre:
+        attrs = {k: (v if k in pre else _clean(v)) for k, v in raw.items()}
+    else:
+        attrs = {k: _clean(v) for k, v in raw.items()}
     texts: dict[str, str] = {}
     row: dict[str, Any] = {
         "span_id": _hex(span.context.span_id, 16),
@@ -89,8 +95,10 @@ def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
     if span.status.status_code is StatusCode.ERROR:
         row["error"] = _clean(f"{attrs.get(A.ERROR_TYPE, 'error')}: {span.status.description or ''}".rstrip(": "))
 
+    known = getattr(span, "input_hash", None)
+
     def store_text(value: str, col: str) -> None:
-        h = text_hash(value)
+        h = known[1] if known is not None and known[0] is value else text_hash(value)
         texts[h] = value
         row[col] = h
 
@@ -99,7 +107,12 @@ def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
     if A.SYSTEM_INSTRUCTIONS in attrs:
         store_text(attrs.pop(A.SYSTEM_INSTRUCTIONS), "system_hash")
     if A.OUTPUT_MESSAGES in attrs:
-        store_text(output_text(attrs.pop(A.OUTPUT_MESSAGES)), "output_hash")
+        value = attrs.pop(A.OUTPUT_MESSAGES)
+        plain = getattr(span, "output_text", None)  # (JSON, its text) from the client: no JSON parse
+        if plain is not None and plain[0] is raw.get(A.OUTPUT_MESSAGES) and (value is plain[0] or value == plain[0]):
+            store_text(plain[1], "output_hash")  # nothing redacted or replaced: the text itself
+        else:
+            store_text(output_text(value), "output_hash")
     if A.OUTPUT in attrs:
         store_text(attrs.pop(A.OUTPUT), "output_hash")
     row["attributes"] = json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()},
@@ -121,7 +134,8 @@ class RowSpan:
     again moves it last, an OK status is final and UNSET is ignored, nothing changes once
     ended), so its row is the row the SDK span would have made (tests/test_replay_rows.py)."""
 
-    __slots__ = ("name", "context", "parent", "attributes", "status", "start_time", "end_time", "_sink")
+    __slots__ = ("name", "context", "parent", "attributes", "status", "start_time", "end_time", "_sink", "group",
+                 "cleaned", "input_hash", "output_text")
 
     def __init__(self, sink: "SQLiteSpanProcessor", name: str, parent: SpanContext | None = None,
                  attributes: dict[str, Any] | None = None):
@@ -140,6 +154,11 @@ class RowSpan:
         self.attributes: dict[str, Any] = {}
         self.status = _UNSET
         self._sink = sink
+        self.group = False  # a paid call: its commit is awaited (SQLiteSpanProcessor.committed), not done in end()
+        # set by the client, which redacts a layer's shared values once (see span_to_row):
+        self.cleaned: frozenset | None = None  # keys whose values were stored already redacted
+        self.input_hash: tuple | None = None  # (input messages value, its text_hash)
+        self.output_text: tuple | None = None  # (output messages JSON, the text it holds)
         self.end_time: int | None = None
         if attributes:
             self.set_attributes(attributes)
@@ -157,6 +176,8 @@ class RowSpan:
         a = self.attributes
         if key in a:
             del a[key]
+            if self.cleaned is not None and key in self.cleaned:
+                self.cleaned = self.cleaned - {key}
         a[key] = value if isinstance(value, _PLAIN) else _clean_attribute_value(value, None)
 
     def set_attributes(self, attributes: dict[str, Any]) -> None:
@@ -185,7 +206,9 @@ class RowSpan:
 class SQLiteSpanProcessor(SpanProcessor):
     """Writes finished spans to the store. A paid LLM call (or a failed attempt) and the span
     of a run that paid for at least one call are committed before ``on_end`` returns, so a
-    crash loses no call that was paid for. Step spans, calls served from the store and the run
+    crash loses no call that was paid for; except a paid call's RowSpan (``group``), whose
+    client awaits :meth:`committed` instead (the calls ending in one event-loop turn share a
+    transaction; the engine gets none of their answers before it). Step spans, calls served from the store and the run
     span of a run that paid for nothing wait and go into the same transaction as the next span
     committed, at the latest when ``run`` / ``run_batch`` returns (``engine.flush_pending``) or
     ``MAX_PENDING`` rows wait: a replayed batch is then one transaction per 512 rows, not one
@@ -198,6 +221,8 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._rows: list[dict[str, Any]] = []
         self._texts: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # a flush returns only once rows taken by another have been written
+        self._waiters: dict[Any, list] = {}  # event loop -> futures waiting for the group commit it has scheduled
         _processors.add(self)
 
     def on_start(self, span, parent_context=None) -> None:  # noqa: D401 - nothing to do
@@ -210,6 +235,8 @@ class SQLiteSpanProcessor(SpanProcessor):
             durable = (span.attributes or {}).get("moakit.calls_paid") != 0
         else:
             durable = span.parent is None or (kind == "call" and not row.get("cached"))
+            if durable and getattr(span, "group", False):  # committed by the group commit its caller awaits
+                durable = False
         with self._lock:
             self._rows.append(row)
             self._texts.update(texts)
@@ -227,20 +254,52 @@ class SQLiteSpanProcessor(SpanProcessor):
                 return
         self.flush()
 
+    def committed(self) -> "asyncio.Future[None]":
+        """A future resolved once every row queued so far is committed (group commit).
+
+        The first caller in an event-loop turn schedules one flush (``call_soon``) for all the rows
+        queued until it runs: the paid calls that finish in the same turn share one transaction,
+        and each of them is reported done only when this future resolves (or raises the flush's
+        error). Each caller gets its own future, so cancelling one waiter touches no other."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            waiters = self._waiters.get(loop)
+            if waiters is None:
+                waiters = self._waiters[loop] = []
+                loop.call_soon(self._group_commit, loop)
+            waiters.append(fut)
+        return fut
+
+    def _group_commit(self, loop) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(loop, [])
+        try:
+            self.flush()
+        except BaseException as e:  # noqa: BLE001 - every waiter sees the failure
+            for f in waiters:
+                if not f.done():
+                    f.set_exception(e)
+            return
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
+
     def flush(self) -> None:
         """Commit every span waiting (one transaction)."""
-        with self._lock:
-            rows, texts = self._rows, self._texts
-            self._rows, self._texts = [], {}
-        if not rows:
-            return
-        try:
-            self.store.write(rows, texts)
-        except BaseException:
-            with self._lock:  # keep them for the next attempt
-                self._rows[:0] = rows
-                self._texts.update(texts)
-            raise
+        with self._flushing:
+            with self._lock:
+                rows, texts = self._rows, self._texts
+                self._rows, self._texts = [], {}
+            if not rows:
+                return
+            try:
+                self.store.write(rows, texts)
+            except BaseException:
+                with self._lock:  # keep them for the next attempt
+                    self._rows[:0] = rows
+                    self._texts.update(texts)
+                raise
 
     def shutdown(self) -> None:
         self.flush()
