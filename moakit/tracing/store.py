@@ -213,7 +213,9 @@ class TraceStore:
         except ImportError:
             return None
         with _gc_paused(), self._lock:
-            self.conn.execute("BEGIN")  # one snapshot for the count, the spans and the texts
+            own = not self.conn.in_transaction  # (a caller's open transaction is snapshot enough)
+            if own:
+                self.conn.execute("BEGIN")  # one snapshot for the count, the spans and the texts
             try:
                 n = self.conn.execute(f"SELECT count(*) FROM spans s WHERE {where}", params).fetchone()[0]
                 cols = _calls_columnar(self.conn, where, params, n) if n and n >= _ARROW_MIN_ROWS else None
@@ -222,7 +224,8 @@ class TraceStore:
             except (sqlite3.DataError, ValueError, pyarrow.ArrowException):
                 cols = None
             finally:
-                self.conn.execute("COMMIT")
+                if own:
+                    self.conn.execute("COMMIT")
         return _calls_frame(cols) if cols is not None else None
 
     def _calls_sqlite3(self, where: str, params: list):
