@@ -203,6 +203,9 @@ _PRE_CLEANED = frozenset((A.SPAN_KIND, A.OPERATION_NAME, A.PROVIDER_NAME, A.REQU
                           A.REQUEST_MAX_TOKENS, A.AGENT, A.SAMPLE, A.STEP_INDEX, A.STEP_KIND, A.REQUEST_KEY, A.ATTEMPT,
                           A.REQUEST_SEED, A.INPUT_SOURCES, A.INPUT_AGENTS, A.INPUT_MESSAGES))
 
+_PAID_CLEANED = _PRE_CLEANED | {A.USAGE_INPUT_TOKENS, A.USAGE_OUTPUT_TOKENS, A.RESPONSE_FINISH_REASONS, A.CACHED,
+                                A.COST_USD, A.RESPONSE_MODEL}
+
 # (model asked, model answered) -> size of litellm's price map when it had no price for them:
 # not asked again until the map changes (litellm.register_model)
 _UNPRICED: dict[tuple[str, str | None], int] = {}
@@ -511,14 +514,28 @@ class Client:
                     wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
                 await asyncio.sleep(min(wait, cfg.max_retry_after))
                 continue
-            span.set_attributes({
-                A.USAGE_INPUT_TOKENS: usage[0], A.USAGE_OUTPUT_TOKENS: usage[1],
-                A.RESPONSE_FINISH_REASONS: [finish or "stop"], A.CACHED: False,
-            })
-            if cost is not None:
-                span.set_attribute(A.COST_USD, cost)
-            if rmodel:
-                span.set_attribute(A.RESPONSE_MODEL, rmodel)
+            reason = finish or "stop"
+            if type(span) is RowSpan and isinstance(reason, str) and isinstance(rmodel, (str, type(None))) \
+                    and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))):
+                # what the SDK path sets, in its order, the strings redacted here (memo of names)
+                a = span.attributes
+                a[A.USAGE_INPUT_TOKENS], a[A.USAGE_OUTPUT_TOKENS] = usage
+                a[A.RESPONSE_FINISH_REASONS] = (self._clean_name(reason),)
+                a[A.CACHED] = False
+                if cost is not None:
+                    a[A.COST_USD] = cost
+                if rmodel:
+                    a[A.RESPONSE_MODEL] = self._clean_name(rmodel)
+                span.cleaned = _PAID_CLEANED
+            else:
+                span.set_attributes({
+                    A.USAGE_INPUT_TOKENS: usage[0], A.USAGE_OUTPUT_TOKENS: usage[1],
+                    A.RESPONSE_FINISH_REASONS: [reason], A.CACHED: False,
+                })
+                if cost is not None:
+                    span.set_attribute(A.COST_USD, cost)
+                if rmodel:
+                    span.set_attribute(A.RESPONSE_MODEL, rmodel)
             if rid:
                 span.set_attribute(A.RESPONSE_ID, str(rid))
             # the output is always kept: replay needs it even when prompts are not recorded

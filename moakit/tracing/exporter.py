@@ -26,6 +26,7 @@ from .redact import redact
 from .store import TraceStore, text_hash
 
 _PROMOTED = A.PROMOTED
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(obj, ensure_ascii=False), one encoder
 
 
 def _hex(n: int, width: int) -> str:
@@ -81,9 +82,9 @@ def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
         attrs = {k: _clean(v) for k, v in raw.items()}
     texts: dict[str, str] = {}
     row: dict[str, Any] = {
-        "span_id": _hex(span.context.span_id, 16),
-        "trace_id": _hex(span.context.trace_id, 32),
-        "parent_id": _hex(span.parent.span_id, 16) if span.parent else None,
+        "span_id": format(span.context.span_id, "016x"),
+        "trace_id": format(span.context.trace_id, "032x"),
+        "parent_id": format(span.parent.span_id, "016x") if span.parent else None,
         "name": span.name,
         "start_ns": span.start_time,
         "end_ns": span.end_time,
@@ -115,8 +116,7 @@ def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
             store_text(output_text(value), "output_hash")
     if A.OUTPUT in attrs:
         store_text(attrs.pop(A.OUTPUT), "output_hash")
-    row["attributes"] = json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()},
-                                   ensure_ascii=False)
+    row["attributes"] = _dumps(attrs)  # tuples are written as JSON lists
     return row, texts
 
 
