@@ -349,13 +349,20 @@ class _Runner:
         if sink is not None and otel_trace.get_current_span().get_span_context().is_valid:
             sink = None
 
-        def span(name, attributes, parent):
+        def span(name, attributes, parent, repeated):
             if sink is not None:
-                return RowSpan(sink, name, parent, attributes)
+                rs = RowSpan(sink, name, parent, attributes)
+                clean, a = self.client._clean_name, rs.attributes  # values shared by a batch's runs:
+                for k in repeated:  # redacted once per client, as span_to_row would
+                    v = a.get(k)
+                    if type(v) is str:
+                        a[k] = clean(v)
+                rs.cleaned = repeated
+                return rs
             return self.tracer.start_as_current_span(name, attributes=attributes, record_exception=False,
                                                      set_status_on_exception=False)
 
-        with span("invoke_workflow moakit", attrs, None) as run_span:
+        with span("invoke_workflow moakit", attrs, None, _RUN_REPEATED) as run_span:
             run_ctx = run_span.get_span_context()
             trace_id = format(run_ctx.trace_id, "032x")
             try:
@@ -364,7 +371,7 @@ class _Runner:
                               {A.SPAN_KIND: "step", A.STEP_INDEX: i, A.STEP_KIND: step.kind,
                                A.STEP_SPEC: _step_spec(step),
                                A.RESPONSES_IN: json.dumps([r.span_id for r in responses])},
-                              run_ctx) as sspan:
+                              run_ctx, _STEP_REPEATED) as sspan:
                         if sink is not None:
                             self.parent = sspan.get_span_context()
                         try:
@@ -395,6 +402,11 @@ class _Runner:
                       responses=list(responses), seed=plan.rng_seed, calls_paid=paid, calls_reused=reused,
                       pipeline=plan.pipeline, query=plan.query)
 
+
+# attributes of run and step spans whose values repeat across a batch's runs (see _Runner.run)
+_RUN_REPEATED = frozenset((A.SPAN_KIND, A.OPERATION_NAME, A.PIPELINE, A.PROMPT_SET, A.MODELS, A.PIPELINE_NAME,
+                           A.BATCH_ID))
+_STEP_REPEATED = frozenset((A.SPAN_KIND, A.STEP_KIND, A.STEP_SPEC))
 
 _json_memo: dict[int, tuple[Any, str]] = {}  # id(step or pipeline) -> (it, its JSON): a batch's runs share them
 

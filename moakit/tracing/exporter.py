@@ -176,8 +176,8 @@ class RowSpan:
         a = self.attributes
         if key in a:
             del a[key]
-            if self.cleaned is not None and key in self.cleaned:
-                self.cleaned = self.cleaned - {key}
+        if self.cleaned is not None and key in self.cleaned:  # a value set from now on is not redacted yet
+            self.cleaned = self.cleaned - {key}
         a[key] = value if isinstance(value, _PLAIN) else _clean_attribute_value(value, None)
 
     def set_attributes(self, attributes: dict[str, Any]) -> None:
@@ -211,15 +211,19 @@ class SQLiteSpanProcessor(SpanProcessor):
     transaction; the engine gets none of their answers before it). Step spans, calls served from the store and the run
     span of a run that paid for nothing wait and go into the same transaction as the next span
     committed, at the latest when ``run`` / ``run_batch`` returns (``engine.flush_pending``) or
-    ``MAX_PENDING`` rows wait: a replayed batch is then one transaction per 512 rows, not one
+    ``MAX_PENDING`` rows (or ``MAX_PENDING_CHARS`` of new texts) wait: a replayed batch is then
+    one transaction per 4,096 rows (larger transactions share index pages: ~15% faster than 512
+    in B4 at 805 prompts, alternating runs), not one
     per span or run (a commit costs ~50 us to ~1 ms, more than the rest of a replayed call)."""
 
-    MAX_PENDING = 512
+    MAX_PENDING = 4096
+    MAX_PENDING_CHARS = 16_000_000  # bounds the memory held by waiting texts (long prompts)
 
     def __init__(self, store: TraceStore):
         self.store = store
         self._rows: list[dict[str, Any]] = []
         self._texts: dict[str, str] = {}
+        self._chars = 0  # characters of the texts waiting
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # a flush returns only once rows taken by another have been written
         self._waiters: dict[Any, list] = {}  # event loop -> futures waiting for the group commit it has scheduled
@@ -240,7 +244,9 @@ class SQLiteSpanProcessor(SpanProcessor):
         with self._lock:
             self._rows.append(row)
             self._texts.update(texts)
-            if not durable and len(self._rows) < self.MAX_PENDING:
+            for t in texts.values():
+                self._chars += len(t)
+            if not durable and len(self._rows) < self.MAX_PENDING and self._chars < self.MAX_PENDING_CHARS:
                 return
         self.flush()
 
@@ -250,7 +256,9 @@ class SQLiteSpanProcessor(SpanProcessor):
         with self._lock:
             self._rows.append(row)
             self._texts.update(texts)
-            if len(self._rows) < self.MAX_PENDING:
+            for t in texts.values():
+                self._chars += len(t)
+            if len(self._rows) < self.MAX_PENDING and self._chars < self.MAX_PENDING_CHARS:
                 return
         self.flush()
 
@@ -290,7 +298,7 @@ class SQLiteSpanProcessor(SpanProcessor):
         with self._flushing:
             with self._lock:
                 rows, texts = self._rows, self._texts
-                self._rows, self._texts = [], {}
+                self._rows, self._texts, self._chars = [], {}, 0
             if not rows:
                 return
             try:
@@ -299,6 +307,7 @@ class SQLiteSpanProcessor(SpanProcessor):
                 with self._lock:  # keep them for the next attempt
                     self._rows[:0] = rows
                     self._texts.update(texts)
+                    self._chars += sum(map(len, texts.values()))
                 raise
 
     def shutdown(self) -> None:
