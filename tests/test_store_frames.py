@@ -182,3 +182,18 @@ def test_value_of_another_type_falls_back_to_the_same_frame(tmp_path, monkeypatc
     old, new = _both(store, None, monkeypatch)
     _same(old, new)
     assert store_mod._calls_columnar(store.conn, "s.kind = ?", ["call"], 30) is None
+
+
+def test_spread_equals_take():
+    """The outputs are spread by concatenating runs of consecutive texts; it gives what
+    Arrow's take gives, NULLs included, whatever the pattern."""
+    pa = pytest.importorskip("pyarrow")
+    texts = pa.array(["a", "", "ccc", "ünï", None and "x", "dd"], pa.large_string()).fill_null("")
+    rng = random.Random(7)
+    patterns = [[0, 1, 2, 3, 4, 5], [None, None, 0, 1, None, 2, 3, 4, 5, 5, None], [5, 4, 3, 2, 1, 0] * 3,
+                [rng.choice([None, *range(6)]) for _ in range(500)], [None] * 7,
+                [i % 6 for i in range(1000)], [2] * 10]
+    for p in patterns:
+        idx = pa.array(p, pa.int32())
+        got = store_mod._spread(pa, np, texts, idx)
+        assert got.type == pa.large_string() and got.to_pylist() == texts.take(idx).to_pylist(), p

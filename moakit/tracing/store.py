@@ -573,8 +573,27 @@ def _calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int):
                                              pa.py_buffer(b"".join(found_text)))
     del found_text
     texts.validate(full=True)  # UTF-8, as sqlite3 would have decoded it
-    cols["output"] = texts.take(pc.index_in(cols["output_hash"], value_set=pa.array(found_hash, pa.string())))
+    cols["output"] = _spread(pa, np, texts, pc.index_in(cols["output_hash"], value_set=pa.array(found_hash, pa.string())))
     return cols
+
+
+def _spread(pa, np, texts, idx):
+    """``texts.take(idx)`` (NULL where ``idx`` is), built by concatenating slices of ``texts``:
+    calls mostly point at consecutive texts (texts are stored in the order calls are made, and
+    a replayed run repeats its original's outputs in order). Arrow's take grows its output
+    buffer as it goes: 4.1 s instead of 0.25 s for the 1.7 GB of a million calls' outputs in a
+    fresh process, when its memory is first touched."""
+    n = len(idx)
+    valid = idx.is_valid().to_numpy(zero_copy_only=False)
+    at = idx.fill_null(-1).to_numpy()
+    # a run continues where both rows are NULL, or both are not and the index goes up by one
+    cont = (valid[1:] & valid[:-1] & (at[1:] == at[:-1] + 1)) | (~valid[1:] & ~valid[:-1])
+    starts = np.concatenate([[0], np.flatnonzero(~cont) + 1])
+    if len(starts) > n // 4:  # scattered: one slice per call would cost more than the take
+        return texts.take(idx)
+    ends = np.append(starts[1:], n)
+    return pa.concat_arrays([texts.slice(int(at[a]), int(b - a)) if valid[a] else pa.nulls(int(b - a), pa.large_string())
+                             for a, b in zip(starts, ends)])
 
 
 def _calls_frame(cols: dict):
