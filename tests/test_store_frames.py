@@ -195,5 +195,7 @@ def test_spread_equals_take():
                 [i % 6 for i in range(1000)], [2] * 10]
     for p in patterns:
         idx = pa.array(p, pa.int32())
-        got = store_mod._spread(pa, np, texts, idx)
-        assert got.type == pa.large_string() and got.to_pylist() == texts.take(idx).to_pylist(), p
+        for chunks in ([texts], [texts.slice(0, 2), texts.slice(2, 1), texts.slice(3)]):
+            got = store_mod._spread(pa, np, chunks, idx)
+            assert got.type == pa.large_string() and got.to_pylist() == texts.take(idx).to_pylist(), p
+    assert store_mod._spread(pa, np, [], pa.array([None, None], pa.int32())).to_pylist() == [None, None]

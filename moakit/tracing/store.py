@@ -559,41 +559,49 @@ def _calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int):
     wanted = pc.unique(cols["output_hash"].drop_null())
     pos = pc.index_in(wanted, value_set=all_hashes).drop_null().to_numpy()
     need = np.sort(all_rowids[pos])
-    found_hash, found_text = [], []
+    # a batch at a time, joined into one buffer each: the batch's bytes objects are freed before
+    # the next batch reuses their memory (fresh memory costs ~1 s a GB on this VM the first time)
+    found_hash: list[str] = []
+    chunks = []
     for i in range(0, len(need), _TEXT_BATCH):
         rows = conn.execute("SELECT hash, CAST(text AS BLOB) FROM texts WHERE rowid IN "
                             "(SELECT value FROM json_each(?)) ORDER BY rowid",
                             (json.dumps(need[i:i + _TEXT_BATCH].tolist()),)).fetchall()
         found_hash += [r[0] for r in rows]
-        found_text += [r[1] for r in rows]
-    text_lengths = np.fromiter(map(len, found_text), np.int64, len(found_text))
-    offsets = np.zeros(len(found_text) + 1, np.int64)
-    np.cumsum(text_lengths, out=offsets[1:])
-    texts = pa.LargeStringArray.from_buffers(len(found_text), pa.py_buffer(offsets),
-                                             pa.py_buffer(b"".join(found_text)))
-    del found_text
-    texts.validate(full=True)  # UTF-8, as sqlite3 would have decoded it
-    cols["output"] = _spread(pa, np, texts, pc.index_in(cols["output_hash"], value_set=pa.array(found_hash, pa.string())))
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(np.fromiter((len(r[1]) for r in rows), np.int64, len(rows)), out=offsets[1:])
+        chunk = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets),
+                                                 pa.py_buffer(b"".join([r[1] for r in rows])))
+        del rows
+        chunk.validate(full=True)  # UTF-8, as sqlite3 would have decoded it
+        chunks.append(chunk)
+    cols["output"] = _spread(pa, np, chunks, pc.index_in(cols["output_hash"], value_set=pa.array(found_hash, pa.string())))
     return cols
 
 
-def _spread(pa, np, texts, idx):
-    """``texts.take(idx)`` (NULL where ``idx`` is), built by concatenating slices of ``texts``:
-    calls mostly point at consecutive texts (texts are stored in the order calls are made, and
-    a replayed run repeats its original's outputs in order). Arrow's take grows its output
-    buffer as it goes: 4.1 s instead of 0.25 s for the 1.7 GB of a million calls' outputs in a
-    fresh process, when its memory is first touched."""
+def _spread(pa, np, chunks: list, idx):
+    """``texts.take(idx)`` (NULL where ``idx`` is) for ``texts`` the concatenation of ``chunks``,
+    built by concatenating slices: calls mostly point at consecutive texts (texts are stored in
+    the order calls are made, and a replayed run repeats its original's outputs in order).
+    Arrow's take grows its output buffer as it goes: 4.1 s instead of 0.25 s for the 1.7 GB of
+    a million calls' outputs in a fresh process, when its memory is first touched."""
     n = len(idx)
+    if not chunks:
+        return pa.nulls(n, pa.large_string())
+    starts = np.cumsum([0] + [len(c) for c in chunks])
     valid = idx.is_valid().to_numpy(zero_copy_only=False)
     at = idx.fill_null(-1).to_numpy()
-    # a run continues where both rows are NULL, or both are not and the index goes up by one
-    cont = (valid[1:] & valid[:-1] & (at[1:] == at[:-1] + 1)) | (~valid[1:] & ~valid[:-1])
-    starts = np.concatenate([[0], np.flatnonzero(~cont) + 1])
-    if len(starts) > n // 4:  # scattered: one slice per call would cost more than the take
-        return texts.take(idx)
-    ends = np.append(starts[1:], n)
-    return pa.concat_arrays([texts.slice(int(at[a]), int(b - a)) if valid[a] else pa.nulls(int(b - a), pa.large_string())
-                             for a, b in zip(starts, ends)])
+    chunk_of = np.searchsorted(starts, at, side="right") - 1
+    # a run continues where both rows are NULL, or both are not, in one chunk, the index up by one
+    cont = (valid[1:] & valid[:-1] & (at[1:] == at[:-1] + 1) & (chunk_of[1:] == chunk_of[:-1])) | \
+        (~valid[1:] & ~valid[:-1])
+    run = np.concatenate([[0], np.flatnonzero(~cont) + 1])
+    if len(run) > n // 4:  # scattered: one slice per call would cost more than the take
+        return pa.chunked_array(chunks, pa.large_string()).take(idx).combine_chunks()
+    ends = np.append(run[1:], n)
+    return pa.concat_arrays([
+        chunks[chunk_of[a]].slice(int(at[a] - starts[chunk_of[a]]), int(b - a)) if valid[a]
+        else pa.nulls(int(b - a), pa.large_string()) for a, b in zip(run, ends)])
 
 
 def _calls_frame(cols: dict):
