@@ -13,6 +13,7 @@ import os
 import random
 import re
 import secrets
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -75,9 +76,17 @@ def flush_pending(tracer) -> None:
     run spans of runs that paid for nothing): before a run or batch returns, its rows are in the file."""
     from .tracing.exporter import SQLiteSpanProcessor
 
+    in_flight = sys.exc_info()[1]  # called from a ``finally``: an error already on its way out
     for p in getattr(getattr(tracer, "span_processor", None), "_span_processors", ()):
         if isinstance(p, SQLiteSpanProcessor):
-            p.flush()
+            try:
+                p.flush()
+            except Exception as e:  # noqa: BLE001
+                if in_flight is None:
+                    raise
+                # keep the run's own error (the rows stay queued for the next commit) and say
+                # that the trace write failed too, instead of hiding the first error behind it
+                in_flight.add_note(f"moakit: writing the waiting trace rows also failed: {type(e).__name__}: {e}")
 
 
 def open_store(store: Any) -> TraceStore:

@@ -84,3 +84,35 @@ def test_sdk_path_commits_each_paid_call_before_the_engine_gets_it(instant, tmp_
     assert sum(1 for s in exporter.get_finished_spans() if s.attributes["moakit.span.kind"] == "call") \
         == 2 * (count_calls(together_moa) + dbrx)
     assert transactions == [1] * len(transactions)  # the SDK path: each paid attempt committed alone
+
+
+def test_a_failing_final_flush_does_not_hide_the_error_on_its_way_out(tmp_path, monkeypatch):
+    """flush_pending runs in the ``finally`` of run / run_batch: when the run already failed,
+    a failing trace write is added as a note to that error instead of replacing it, and the
+    waiting rows stay queued; with no error in flight, the write's own error is raised."""
+    import sqlite3
+
+    from moakit.engine import flush_pending, tracer_for
+    from moakit.tracing.exporter import SQLiteSpanProcessor
+    from moakit.tracing.store import TraceStore
+
+    store = TraceStore(tmp_path / "t.db")
+    tracer = tracer_for(store)
+    proc = next(p for p in tracer.span_processor._span_processors if isinstance(p, SQLiteSpanProcessor))
+    proc.add_row({"span_id": "00000000000000aa", "trace_id": "0" * 31 + "1", "name": "step x", "kind": "step"}, {})
+
+    def broken(rows, texts=None):
+        raise sqlite3.OperationalError("disk full")
+
+    monkeypatch.setattr(store, "write", broken)
+    with pytest.raises(KeyError) as info:
+        try:
+            raise KeyError("the run's own error")
+        finally:
+            flush_pending(tracer)
+    assert any("disk full" in n for n in getattr(info.value, "__notes__", []))
+    with pytest.raises(sqlite3.OperationalError, match="disk full"):
+        flush_pending(tracer)
+    monkeypatch.undo()
+    flush_pending(tracer)  # the row was kept and is written now
+    assert store.query("SELECT count(*) FROM spans WHERE span_id = '00000000000000aa'")[0][0] == 1
