@@ -6,7 +6,8 @@ The synthetic workload looks like a year of MoA experiments: runs of the page's 
 AlpacaEval answers (each made unique) as outputs, and each synthesizer / aggregator shown the
 previous layer's answers, so six calls share one long input. Every original run is followed by
 two counterfactual variants (Shuffle before Aggregate) that replay the 18 upstream calls
-(cached spans pointing at the same texts) and pay for a new aggregation. Rows carry the
+(cached spans pointing at the same texts) and pay for a new aggregation. A call's parent is its
+step's span (shared by the step's calls, as in a real trace). Rows carry the
 attributes a real call span carries (GenAI semconv names, sources, seed, ...)."""
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Workload:
         q_hash = put(_messages(None, q))
         for variant in range(3):
             trace = self._id(128)
+            step_ids = [self._id(64) for _ in range(4)]  # a call's parent is its step's span: 6 calls share one
             layer_outs: dict[int, list[tuple[str, str]]] = {}
             for k, (step, layer) in enumerate(LAYOUT):
                 agent = AGENTS[k % 6] if step != "Aggregate" else "qwen1.5-110b-chat"
@@ -99,7 +101,7 @@ class Workload:
                     attrs["moakit.input.agents"] = json.dumps(AGENTS[:len(sources)])
                 if cached:
                     attrs["moakit.replayed_from"] = original[k]["span_id"]
-                row = {"span_id": span_id, "trace_id": trace, "parent_id": self._id(64), "name": f"chat {agent}",
+                row = {"span_id": span_id, "trace_id": trace, "parent_id": step_ids[layer], "name": f"chat {agent}",
                        "kind": "call", "start_ns": start, "end_ns": self.t_ns, "status": "OK", "error": None,
                        "step_index": layer, "step": step, "agent": agent, "model": f"together_ai/{agent}",
                        "sample": 0, "input_tokens": in_len // 4, "output_tokens": out_len // 4,
