@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import moakit.tracing.columnar as columnar
 import moakit.tracing.store as store_mod
 from moakit.tracing.store import TraceStore, text_hash
 
@@ -196,6 +197,6 @@ def test_spread_equals_take():
     for p in patterns:
         idx = pa.array(p, pa.int32())
         for chunks in ([texts], [texts.slice(0, 2), texts.slice(2, 1), texts.slice(3)]):
-            got = store_mod._spread(pa, np, chunks, idx)
+            got = columnar._spread(pa, np, chunks, idx)
             assert got.type == pa.large_string() and got.to_pylist() == texts.take(idx).to_pylist(), p
-    assert store_mod._spread(pa, np, [], pa.array([None, None], pa.int32())).to_pylist() == [None, None]
+    assert columnar._spread(pa, np, [], pa.array([None, None], pa.int32())).to_pylist() == [None, None]
