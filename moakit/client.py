@@ -505,14 +505,19 @@ class Client:
                 msg = redact(str(exc))[:2000]  # redact before cutting: no key survives half-masked
                 span.set_attribute(A.ERROR_TYPE, etype)
                 span.set_status(Status(StatusCode.ERROR, msg))
-                await self._ended(span)
                 last_error = f"{etype}: {msg}"
-                if not retryable or attempt > cfg.retries:
+                retry = retryable and attempt <= cfg.retries
+                if retry:  # the wait that follows is recorded on this attempt's span
+                    wait, reason = retry_after(exc), "retry-after"
+                    if wait is None:
+                        wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                        reason = "backoff"
+                    wait = min(wait, cfg.max_retry_after)
+                    span.set_attributes({A.RETRY_WAIT: float(wait), A.RETRY_REASON: reason})
+                await self._ended(span)
+                if not retry:
                     return CallResult(text=None, span_id=sid, error=last_error, attempts=attempt)
-                wait = retry_after(exc)
-                if wait is None:
-                    wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-                await asyncio.sleep(min(wait, cfg.max_retry_after))
+                await asyncio.sleep(wait)
                 continue
             reason = finish or "stop"
             if type(span) is RowSpan and isinstance(reason, str) and isinstance(rmodel, (str, type(None))) \

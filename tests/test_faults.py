@@ -131,6 +131,26 @@ def test_retry_after_is_honoured(batch):
     assert min(gaps) >= RETRY_AFTER - 0.01, sorted(gaps)[:5]
 
 
+def test_each_retried_attempt_records_the_wait_that_followed(batch):
+    """A failed attempt that is retried carries moakit.retry.wait_s and moakit.retry.reason: the
+    provider's Retry-After after a 429, else the backoff; the next attempt starts no earlier."""
+    store, reasons = batch["store"], []
+    for _, g in _attempt_chains(batch["calls"]).items():
+        rows = g.to_dict("records")
+        for prev, nxt in zip(rows, rows[1:]):
+            attrs = json.loads(store.query("SELECT attributes FROM spans WHERE span_id = ?", [prev["span_id"]])[0][0])
+            wait, reason = attrs["moakit.retry.wait_s"], attrs["moakit.retry.reason"]
+            reasons.append(reason)
+            if prev["error"].startswith("RateLimitError"):
+                assert reason == "retry-after" and wait == pytest.approx(RETRY_AFTER), attrs
+            else:
+                assert reason == "backoff" and 0 < wait <= CONFIG.max_backoff, attrs
+            assert (nxt["start_ns"] - prev["end_ns"]) / 1e9 >= wait - 0.01
+        last = json.loads(store.query("SELECT attributes FROM spans WHERE span_id = ?", [rows[-1]["span_id"]])[0][0])
+        assert "moakit.retry.wait_s" not in last  # nothing followed the last attempt
+    assert {"retry-after", "backoff"} <= set(reasons)
+
+
 def test_proposer_that_finally_fails_is_dropped_with_its_error(batch):
     calls, store = batch["calls"], batch["store"]
     budget = CONFIG.retries + 1
