@@ -182,6 +182,16 @@ def test_failed_calls_and_failed_runs_are_red(stub, tmp_path):
     assert "✗ failed:" in h2 and "color:#c62828" in h2 and "no answer" in h2
 
 
+def test_a_retried_attempt_shows_the_wait_that_followed(stub, tmp_path):
+    store = moakit.TraceStore(tmp_path / "t.db")
+    cfg = ClientConfig(retries=1, backoff=0.05, max_backoff=0.05)
+    r = moakit.run([Propose(["good", "leaky"]), Aggregate("good")], "q", store=store, client_config=cfg,
+                   models={a: stub.model(a) for a in ("good", "leaky")})
+    html = html_of(PipelineTree(store, r.trace_id).widget())
+    # the leaky proposer fails twice: its first attempt was followed by a backoff wait, its last by none
+    assert html.count("retried after") == 1 and "(backoff)" in html, html.count("retried after")
+
+
 def test_hundreds_of_calls_are_paged_and_prompts_loaded_per_page(stub, tmp_path):
     n = 120
     models = {"p": stub.model("p"), "agg": stub.model("agg")}

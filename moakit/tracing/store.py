@@ -349,7 +349,8 @@ class TraceStore:
         """What a few calls were sent, for viewers that load content a page at a time:
         span id -> {"messages": [{"role", "content"}] (empty when content recording was off),
         "input_agents": agents behind the numbered responses shown, "temperature", "max_tokens",
-        "finish_reasons", "replayed_from" (the span a cached call was served from)}."""
+        "finish_reasons", "replayed_from" (the span a cached call was served from), "retry_wait_s" and
+        "retry_reason" (a retried attempt: the wait before the next one, "retry-after" or "backoff")}."""
         from . import attributes as A
 
         ids = list(span_ids)
@@ -367,7 +368,8 @@ class TraceStore:
                 out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
                                 "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
                                 "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
-                                "replayed_from": a.get("moakit.replayed_from")}
+                                "replayed_from": a.get("moakit.replayed_from"),
+                                "retry_wait_s": a.get(A.RETRY_WAIT), "retry_reason": a.get(A.RETRY_REASON)}
         return out
 
     # ---- replay ----------------------------------------------------------------------------

@@ -342,6 +342,9 @@ class PipelineTree:
             params.append(f"finish {', '.join(map(str, content['finish_reasons']))}")
         if content.get("replayed_from"):
             params.append(f"replayed from span {content['replayed_from']}")
+        if content.get("retry_wait_s") is not None:
+            why = "the provider's Retry-After" if content.get("retry_reason") == "retry-after" else "backoff"
+            params.append(f"retried after {content['retry_wait_s']:.2f} s ({why})")
         params.append(f"span {c.span_id}")
         if c.output is not None:
             parts.append(f"<div style='color:{MUTED}'>output</div><div style='{_PRE}'>"
