@@ -12,17 +12,17 @@ import email.utils
 import json
 import os
 import random
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from opentelemetry.trace import Status, StatusCode
 
-from .errors import CallFailed, ReplayMiss
+from .errors import ReplayMiss
 from .models import ModelSpec
 from .tracing import attributes as A
-from .tracing.exporter import RowSpan, _clean, _clean_id, output_text
+from .tracing.exporter import (_LONE_SURROGATE, RowSpan, SQLiteSpanProcessor, _clean, _clean_id, _dumps, output_text,
+                               span_processors)
 from .tracing.redact import redact
 from .tracing.store import text_hash
 
@@ -99,9 +99,6 @@ class ClientConfig:
                                  f" number of seconds, got {v!r}")
 
 
-# json.dumps(obj, ensure_ascii=False) without building an encoder on every call
-_dumps = json.JSONEncoder(ensure_ascii=False).encode
-
 
 def semconv_messages(messages: Sequence[dict]) -> str:
     return _dumps([{"role": m.get("role"), "parts": [{"type": "text", "content": m.get("content") or ""}]}
@@ -121,9 +118,6 @@ _RETRYABLE_NAMES = {
 }
 _FATAL_NAMES = {"AuthenticationError", "PermissionDeniedError", "NotFoundError", "BadRequestError",
                 "ContextWindowExceededError", "UnsupportedParamsError", "ContentPolicyViolationError"}
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MalformedResponse(Exception):
@@ -325,11 +319,9 @@ class Client:
         call can be written as a row without an OpenTelemetry span), else None."""
         if self._sink is False:
             self._sink = None
-            from .tracing.exporter import SQLiteSpanProcessor
-
             from opentelemetry.sdk.trace import sampling
 
-            procs = getattr(getattr(self.tracer, "span_processor", None), "_span_processors", ())
+            procs = span_processors(self.tracer)
             limits = getattr(self.tracer, "_span_limits", None)
             if (len(procs) == 1 and type(procs[0]) is SQLiteSpanProcessor
                     and getattr(self.tracer, "sampler", None) is sampling.DEFAULT_ON
@@ -343,14 +335,12 @@ class Client:
         hit = self._inputs.get(id(messages))
         if hit is not None and hit[0] is messages:
             return hit[1], hit[2]
-        from .tracing.exporter import _clean
-        from .tracing.store import text_hash
-
         value = _clean(semconv_messages(messages))
+        h = text_hash(value)
         if len(self._inputs) >= 256:
             self._inputs.clear()
-        self._inputs[id(messages)] = (messages, value, text_hash(value))
-        return value, self._inputs[id(messages)][2]
+        self._inputs[id(messages)] = (messages, value, h)
+        return value, h
 
     def _clean_name(self, v: str) -> str:
         """Redacted ``v``; names (provider, model, agent, step) repeat on every call: redacted once."""

@@ -15,7 +15,6 @@ import re
 import secrets
 import sys
 import threading
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -25,14 +24,14 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import steps as S
 from .client import CallRequest, Client, ClientConfig
-from .errors import MoakitError, PipelineError, ReplayMiss
+from .errors import MoakitError, PipelineError
 from .models import check_keys, check_providers, resolve
 from .prompts import TemplateSet, get_template_set
 from .rank_parse import parse_rank
 from .result import Result
 from .tracing import attributes as A
 from .tracing.keys import derived_seed, messages_json, request_hash, request_key
-from .tracing.exporter import RowSpan
+from .tracing.exporter import _LONE_SURROGATE, RowSpan, SQLiteSpanProcessor, span_processors
 from .tracing.store import TraceStore
 
 
@@ -62,8 +61,6 @@ def tracer_for(store: TraceStore):
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
 
-            from .tracing.exporter import SQLiteSpanProcessor
-
             provider = TracerProvider(resource=Resource.create({"service.name": "moakit"}))
             provider.add_span_processor(SQLiteSpanProcessor(store))
             entry = (store, provider.get_tracer("moakit"))
@@ -74,10 +71,8 @@ def tracer_for(store: TraceStore):
 def flush_pending(tracer) -> None:
     """Commit the rows the tracer's store processor holds back (step spans, replayed calls, the
     run spans of runs that paid for nothing): before a run or batch returns, its rows are in the file."""
-    from .tracing.exporter import SQLiteSpanProcessor
-
     in_flight = sys.exc_info()[1]  # called from a ``finally``: an error already on its way out
-    for p in getattr(getattr(tracer, "span_processor", None), "_span_processors", ()):
+    for p in span_processors(tracer):
         if isinstance(p, SQLiteSpanProcessor):
             try:
                 p.flush()
@@ -122,9 +117,6 @@ def normalize_query(query: Any) -> list[dict]:
                                 f"character {bad.start()} (no provider accepts it; decode the text with "
                                 "errors='replace' first)")
     return out
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass

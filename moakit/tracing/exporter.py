@@ -29,10 +29,6 @@ _PROMOTED = A.PROMOTED
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(obj, ensure_ascii=False), one encoder
 
 
-def _hex(n: int, width: int) -> str:
-    return format(n, f"0{width}x")
-
-
 def output_text(output_messages: str) -> str:
     """The plain text of a ``gen_ai.output.messages`` JSON value."""
     try:
@@ -241,24 +237,21 @@ class SQLiteSpanProcessor(SpanProcessor):
             durable = span.parent is None or (kind == "call" and not row.get("cached"))
             if durable and getattr(span, "group", False):  # committed by the group commit its caller awaits
                 durable = False
+        self._queue(row, texts, durable)
+
+    def add_row(self, row: dict[str, Any], texts: dict[str, str]) -> None:
+        """Queue a row made without a span (a replayed call, see ``Client._replayed_row``): it
+        waits for the next commit like a replayed call's span."""
+        self._queue(row, texts, False)
+
+    def _queue(self, row: dict[str, Any], texts: dict[str, str], durable: bool) -> None:
+        """Add a row to the next commit; commit now when it is ``durable`` or too much waits."""
         with self._lock:
             self._rows.append(row)
             self._texts.update(texts)
             for t in texts.values():
                 self._chars += len(t)
             if not durable and len(self._rows) < self.MAX_PENDING and self._chars < self.MAX_PENDING_CHARS:
-                return
-        self.flush()
-
-    def add_row(self, row: dict[str, Any], texts: dict[str, str]) -> None:
-        """Queue a row made without a span (a replayed call, see ``Client._replayed_row``): it
-        waits for the next commit like a replayed call's span."""
-        with self._lock:
-            self._rows.append(row)
-            self._texts.update(texts)
-            for t in texts.values():
-                self._chars += len(t)
-            if len(self._rows) < self.MAX_PENDING and self._chars < self.MAX_PENDING_CHARS:
                 return
         self.flush()
 
@@ -319,6 +312,11 @@ class SQLiteSpanProcessor(SpanProcessor):
 
 
 _processors: "weakref.WeakSet[SQLiteSpanProcessor]" = weakref.WeakSet()
+
+
+def span_processors(tracer) -> tuple:
+    """The span processors an SDK tracer hands its spans to (none for another kind of tracer)."""
+    return tuple(getattr(getattr(tracer, "span_processor", None), "_span_processors", ()))
 
 
 @atexit.register
