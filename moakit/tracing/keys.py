@@ -6,6 +6,7 @@ never covers credentials or endpoints."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any, Sequence
@@ -24,17 +25,9 @@ def messages_json(messages: Sequence[dict]) -> str:
     return canonical([{"role": m.get("role"), "content": m.get("content")} for m in messages])
 
 
-_SCALARS: dict[tuple, str] = {}  # (type, value) -> JSON: agents, models and settings repeat on every call
-
-
-def _scalar(v: Any) -> str:
-    k = (type(v), v)
-    hit = _SCALARS.get(k)
-    if hit is None:
-        if len(_SCALARS) >= 4096:
-            _SCALARS.clear()
-        hit = _SCALARS[k] = _plain(v)
-    return hit
+# JSON of a scalar: agents, models and settings repeat on every call. typed: 1, 1.0 and True
+# encode differently
+_scalar = functools.lru_cache(maxsize=4096, typed=True)(_plain)
 
 
 def request_hash(*, agent: str, model: str, messages: Sequence[dict], temperature: float | None,
