@@ -62,16 +62,23 @@ def _both_paths(query, models, cache, tmp_path, monkeypatch, offline):
     return r1, r2, _rows(fast), _rows(slow)
 
 
+def _same_columns(a, b):
+    """Assert two rows agree on every column but ids and attributes, and on the attributes'
+    keys and order; return both attribute dicts without their input sources, and the sources."""
+    assert {k: v for k, v in a.items() if k not in VARYING | {"attributes"}} == \
+        {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}
+    ja, jb = json.loads(a["attributes"]), json.loads(b["attributes"])
+    assert list(ja) == list(jb)
+    sa, sb = json.loads(ja.pop(A.INPUT_SOURCES, "[]")), json.loads(jb.pop(A.INPUT_SOURCES, "[]"))
+    return ja, jb, sa, sb
+
+
 def _same_rows(rows1, steps1, texts1, rows2, texts2):
     key = lambda r: r["request_key"]  # noqa: E731
     assert len(rows1) == len(rows2) > 0
     for a, b in zip(sorted(rows1, key=key), sorted(rows2, key=key)):
-        assert {k: v for k, v in a.items() if k not in VARYING | {"attributes"}} == \
-            {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}
         # same keys in the same order, same values but the span ids of this run's earlier calls
-        ja, jb = json.loads(a["attributes"]), json.loads(b["attributes"])
-        assert list(ja) == list(jb)
-        sa, sb = json.loads(ja.pop(A.INPUT_SOURCES, "[]")), json.loads(jb.pop(A.INPUT_SOURCES, "[]"))
+        ja, jb, sa, sb = _same_columns(a, b)
         assert ja == jb and len(sa) == len(sb) and set(sa) <= set(r["span_id"] for r in rows1)
         assert a["cached"] == 1 and a["status"] == "UNSET" and a["attempt"] == 0 and a["kind"] == "call"
         assert len(a["span_id"]) == 16 and int(a["span_id"], 16) != 0 and a["span_id"] != b["span_id"]
@@ -249,11 +256,7 @@ def _same_paid_rows(fast, slow):
     key = lambda r: (r["request_key"], r["attempt"])  # noqa: E731
     assert len(c1) == len(c2) > 0
     for a, b in zip(sorted(c1, key=key), sorted(c2, key=key)):
-        assert {k: v for k, v in a.items() if k not in VARYING | {"attributes"}} == \
-            {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}
-        ja, jb = json.loads(a["attributes"]), json.loads(b["attributes"])
-        assert list(ja) == list(jb)
-        sa, sb = json.loads(ja.pop(A.INPUT_SOURCES, "[]")), json.loads(jb.pop(A.INPUT_SOURCES, "[]"))
+        ja, jb, sa, sb = _same_columns(a, b)
         assert (ja.pop(A.RESPONSE_ID, None) is None) == (jb.pop(A.RESPONSE_ID, None) is None)  # the stub counts
         assert len(sa) == len(sb) and ja == jb
         assert steps1[a["parent_id"]] == a["trace_id"]
