@@ -14,6 +14,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _encode_str
 from typing import Any, Sequence
 
 from opentelemetry.trace import Status, StatusCode
@@ -105,7 +106,15 @@ def semconv_messages(messages: Sequence[dict]) -> str:
                    for m in messages])
 
 
+_OUTPUT_HEAD = '[{"role": "assistant", "parts": [{"type": "text", "content": '
+
+
 def _output_messages(text: str, finish: str | None) -> str:
+    """``_dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}],
+    "finish_reason": finish or "stop"}])``, assembled around the encoded text (the same string:
+    ``_dumps`` encodes a str inside a list as ``encode_basestring`` does), at a third of the cost."""
+    if type(text) is str and (finish is None or type(finish) is str):
+        return f'{_OUTPUT_HEAD}{_encode_str(text)}}}], "finish_reason": {_encode_str(finish or "stop")}}}]'
     return _dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}],
                     "finish_reason": finish or "stop"}])
 
@@ -162,35 +171,10 @@ def retry_after(exc: BaseException) -> float | None:
             return None
 
 
-_LOOKUP = ("SELECT s.span_id, s.input_tokens, s.output_tokens, s.model, t.text, "
-           "json_extract(s.attributes, '$.\"gen_ai.response.model\"') "
-           "FROM spans s JOIN texts t ON t.hash = s.output_hash WHERE s.span_id IN ({})")
-
-
-def lookup_many(store, keys: Sequence[str]) -> list[tuple[str, str, dict[str, Any]] | None]:
-    """``[store.lookup(k) for k in keys]`` in one query (the same columns, the same answers):
-    a layer's calls are looked up together instead of one SQLite query each."""
-    index = store.cache_index()
-    found = [index.get(k) for k in keys]
-    ids = list(dict.fromkeys(f[0] for f in found if f is not None))
-    if not ids:
-        return [None] * len(keys)
-    rows: dict[str, tuple] = {}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        for r in store.query(_LOOKUP.format(",".join("?" * len(chunk))), chunk):
-            rows[r[0]] = r
-    out: list[tuple[str, str, dict[str, Any]] | None] = []
-    for f in found:
-        r = None if f is None else rows.get(f[0])
-        if r is None:
-            out.append(None)
-        else:
-            span_id, inp, outp, model, text, rmodel = r
-            out.append((span_id, text, {"input_tokens": inp, "output_tokens": outp,
-                                        "response_model": rmodel or model}))
-    return out
-
+# keys of a replayed row's attributes JSON, encoded (see Client._replayed_row)
+_SEED_KEY = f", {_encode_str(A.REQUEST_SEED)}: "
+_REPLAYED_KEY = f", {_encode_str('moakit.replayed_from')}: "
+_RMODEL_KEY = f", {_encode_str(A.RESPONSE_MODEL)}: "
 
 # the attributes Client._start_row stores already redacted
 _PRE_CLEANED = frozenset((A.SPAN_KIND, A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.REQUEST_TEMPERATURE,
@@ -224,6 +208,8 @@ class Client:
         self._cleaned: dict[str, str] = {}  # short repeated attribute strings -> redacted
         self._lists: list[tuple] = [(None, None), (None, None)]  # last (sources, JSON), (agents, JSON)
         self._parent_ids: tuple = (None, None, None)  # last parent SpanContext and its hex ids
+        self._attr_heads: dict[tuple, str] = {}  # (provider, temperature, max tokens) -> a replayed row's JSON head
+        self._piece: tuple = (None, None, "")  # the last sources / agents and their piece of JSON
 
     def _model_sem(self, model: str):
         if not self._per_model_cap:
@@ -286,7 +272,7 @@ class Client:
     def cached_many(self, reqs: Sequence[CallRequest]) -> list[CallResult | None]:
         """Serve what the store holds of ``reqs``, in order, without a task or an await (one
         query for all the hits); None for each miss, to be made with ``call(req, looked_up=True)``."""
-        hits = lookup_many(self.cache, [r.key for r in reqs])
+        hits = self.cache.lookup_many([r.key for r in reqs])
         return [None if hit is None else self._replayed(req, hit) for req, hit in zip(reqs, hits)]
 
     async def call(self, req: CallRequest, looked_up: bool = False) -> CallResult:
@@ -361,6 +347,16 @@ class Client:
         self._lists[slot] = (values, value)
         return value
 
+    def _sources_piece(self, req: CallRequest) -> str:
+        """The sources and agents attributes of a replayed call's JSON (``, "k": "v", "k": "v"``)."""
+        hit = self._piece
+        if hit[0] is req.sources and hit[1] is req.source_agents:
+            return hit[2]
+        piece = (f", {_encode_str(A.INPUT_SOURCES)}: {_encode_str(self._list_json(req.sources, 0))}"
+                 f", {_encode_str(A.INPUT_AGENTS)}: {_encode_str(self._list_json(req.source_agents, 1))}")
+        self._piece = (req.sources, req.source_agents, piece)
+        return piece
+
     def _replayed_row(self, sink, req: CallRequest, hit, parent) -> CallResult:
         """A call served from the store, written as the row :func:`span_to_row` would make of its
         span (same columns, attributes, redaction and hashes), without the OpenTelemetry SDK."""
@@ -369,42 +365,42 @@ class Client:
         sid = format(random.getrandbits(64) or 1, "016x")
         inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
         clean = self._clean_name
-        attrs: dict[str, Any] = {A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
-                                 A.REQUEST_TEMPERATURE: float(req.temperature),
-                                 A.REQUEST_MAX_TOKENS: int(req.max_tokens)}
-        if req.seed is not None:
-            attrs[A.REQUEST_SEED] = req.seed
+        # the attributes' JSON as _dumps would write it, from pieces shared by a layer's calls
+        head_key = (req.spec.provider, req.temperature, req.max_tokens)
+        head = self._attr_heads.get(head_key)
+        if head is None:
+            if len(self._attr_heads) >= 256:
+                self._attr_heads.clear()
+            head = self._attr_heads[head_key] = _dumps({
+                A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
+                A.REQUEST_TEMPERATURE: float(req.temperature), A.REQUEST_MAX_TOKENS: int(req.max_tokens)})[:-1]
+        parts = [head]
+        seed = req.seed
+        if seed is not None:
+            parts.append(_SEED_KEY + (int.__repr__(seed) if type(seed) is int else _dumps(seed)))
         if req.sources:  # a layer's calls share these lists (the engine passes the same ones)
-            attrs[A.INPUT_SOURCES] = self._list_json(req.sources, 0)
-            attrs[A.INPUT_AGENTS] = self._list_json(req.source_agents, 1)
-        attrs["moakit.replayed_from"] = _clean_id(span_id_src)
+            parts.append(self._sources_piece(req))
+        parts.append(_REPLAYED_KEY + _encode_str(_clean_id(span_id_src)))
         if usage.get("response_model"):
-            attrs[A.RESPONSE_MODEL] = clean(usage["response_model"])
+            parts.append(_RMODEL_KEY + _encode_str(clean(usage["response_model"])))
+        parts.append("}")
         texts: dict[str, str] = {}
-        row: dict[str, Any] = {
-            "span_id": sid, "name": f"chat {req.spec.model}", "status": "UNSET",
-            "kind": clean("call"), "model": clean(req.spec.model), "agent": clean(req.agent), "sample": req.sample,
-            "step_index": req.step_index, "step": clean(req.step_kind), "request_key": _clean_id(req.key),
-            "attempt": 0, "cached": True, "cost_usd": 0.0, "input_tokens": inp, "output_tokens": outp,
-        }
         ids = self._parent_ids
         if ids[0] is not parent:  # a layer's calls share their parent (the step span)
             ids = self._parent_ids = (parent, format(parent.trace_id, "032x"), format(parent.span_id, "016x"))
-        row["trace_id"], row["parent_id"] = ids[1], ids[2]
+        input_hash = None
         if self.config.record_content:
-            value, h = self._input_text(req.messages)
-            texts[h] = value
-            row["input_hash"] = h
+            value, input_hash = self._input_text(req.messages)
+            texts[input_hash] = value
         j = _output_messages(text, None)
         c = _clean(j)
         out = text if c is j or c == j else output_text(c)  # nothing redacted or replaced: the text itself
         h = text_hash(out)
         texts[h] = out
-        row["output_hash"] = h
-        row["attributes"] = _dumps(attrs)
-        row["start_ns"] = start
-        row["end_ns"] = time.time_ns()
-        sink.add_row(row, texts)
+        # the row's values in SPAN_COLUMNS order (the store takes a list as it is: no dict to map)
+        sink.add_row([sid, ids[1], ids[2], f"chat {req.spec.model}", clean("call"), start, time.time_ns(), "UNSET",
+                      None, req.step_index, clean(req.step_kind), clean(req.agent), clean(req.spec.model), req.sample,
+                      inp, outp, 0.0, _clean_id(req.key), input_hash, h, "".join(parts), 1, 0, None], texts)
         self.reused += 1
         return CallResult(text=text, span_id=sid, cached=True, input_tokens=inp, output_tokens=outp, attempts=0)
 

@@ -217,12 +217,14 @@ class SQLiteSpanProcessor(SpanProcessor):
 
     def __init__(self, store: TraceStore):
         self.store = store
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list = []  # span rows (dicts or value lists) waiting for the next commit
         self._texts: dict[str, str] = {}
         self._chars = 0  # characters of the texts waiting
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # a flush returns only once rows taken by another have been written
         self._waiters: dict[Any, list] = {}  # event loop -> futures waiting for the group commit it has scheduled
+        self._writer: Any = None  # the writer thread's executor, once a batch was written behind
+        self._behind: Any = None  # the Future of the batch the writer thread holds
         _processors.add(self)
 
     def on_start(self, span, parent_context=None) -> None:  # noqa: D401 - nothing to do
@@ -239,21 +241,77 @@ class SQLiteSpanProcessor(SpanProcessor):
                 durable = False
         self._queue(row, texts, durable)
 
-    def add_row(self, row: dict[str, Any], texts: dict[str, str]) -> None:
-        """Queue a row made without a span (a replayed call, see ``Client._replayed_row``): it
-        waits for the next commit like a replayed call's span."""
+    def add_row(self, row: dict[str, Any] | list, texts: dict[str, str]) -> None:
+        """Queue a row made without a span (a replayed call, see ``Client._replayed_row``; a dict
+        or a list of values, as :meth:`TraceStore.write` takes): it waits for the next commit
+        like a replayed call's span."""
         self._queue(row, texts, False)
 
-    def _queue(self, row: dict[str, Any], texts: dict[str, str], durable: bool) -> None:
-        """Add a row to the next commit; commit now when it is ``durable`` or too much waits."""
+    def _queue(self, row: dict[str, Any] | list, texts: dict[str, str], durable: bool) -> None:
+        """Add a row to the next commit; commit now when it is ``durable``, or hand the waiting
+        rows to the writer thread when too much waits."""
         with self._lock:
-            self._rows.append(row)
-            self._texts.update(texts)
-            for t in texts.values():
-                self._chars += len(t)
-            if not durable and len(self._rows) < self.MAX_PENDING and self._chars < self.MAX_PENDING_CHARS:
+            rows, waiting = self._rows, self._texts
+            rows.append(row)
+            for h, t in texts.items():  # a layer's calls share their prompt: counted once
+                if h not in waiting:
+                    waiting[h] = t
+                    self._chars += len(t)
+            if not durable and len(rows) < self.MAX_PENDING and self._chars < self.MAX_PENDING_CHARS:
                 return
-        self.flush()
+        if durable:
+            self.flush()
+        else:
+            self._write_behind()
+
+    def _write_behind(self) -> None:
+        """Commit the waiting rows on the writer thread while the caller goes on: SQLite's work
+        (most of a replayed call's write) then runs on another core. At most one batch is in
+        the writer's hands (the next one waits for it), and every ``flush`` waits for it first,
+        so rows reach the file in order and none is reported written before it is."""
+        with self._flushing:
+            self._wait_behind()
+            with self._lock:
+                rows, texts = self._rows, self._texts
+                self._rows, self._texts, self._chars = [], {}, 0
+            if not rows:
+                return
+            self._writer = _trace_writer()
+            try:  # the statements' parameters are made here: Python work would hold the GIL anyway
+                prepared = self.store.prepare_write(rows, texts, bulk=True)
+            except BaseException:
+                self._requeue(rows, texts)
+                raise
+            try:
+                self._behind = self._writer.submit(self._write_prepared, prepared, rows, texts)
+            except RuntimeError:  # the interpreter is shutting down: no new thread work
+                self._write_prepared(prepared, rows, texts)
+
+    def _wait_behind(self) -> None:
+        """Wait for the writer thread's batch; raise its error (its rows are queued again)."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.result()
+
+    def _write(self, rows: list, texts: dict) -> None:
+        try:
+            self.store.write(rows, texts)
+        except BaseException:
+            self._requeue(rows, texts)
+            raise
+
+    def _write_prepared(self, prepared, rows: list, texts: dict) -> None:
+        try:
+            self.store.write_prepared(prepared)
+        except BaseException:
+            self._requeue(rows, texts)
+            raise
+
+    def _requeue(self, rows: list, texts: dict) -> None:
+        with self._lock:  # keep them for the next attempt
+            self._rows[:0] = rows
+            self._texts.update(texts)
+            self._chars += sum(map(len, texts.values()))
 
     def committed(self) -> "asyncio.Future[None]":
         """A future resolved once every row queued so far is committed (group commit).
@@ -287,21 +345,14 @@ class SQLiteSpanProcessor(SpanProcessor):
                 f.set_result(None)
 
     def flush(self) -> None:
-        """Commit every span waiting (one transaction)."""
+        """Commit every span waiting (one transaction), after the writer thread's batch."""
         with self._flushing:
+            self._wait_behind()
             with self._lock:
                 rows, texts = self._rows, self._texts
                 self._rows, self._texts, self._chars = [], {}, 0
-            if not rows:
-                return
-            try:
-                self.store.write(rows, texts)
-            except BaseException:
-                with self._lock:  # keep them for the next attempt
-                    self._rows[:0] = rows
-                    self._texts.update(texts)
-                    self._chars += sum(map(len, texts.values()))
-                raise
+            if rows:
+                self._write(rows, texts)
 
     def shutdown(self) -> None:
         self.flush()
@@ -312,6 +363,19 @@ class SQLiteSpanProcessor(SpanProcessor):
 
 
 _processors: "weakref.WeakSet[SQLiteSpanProcessor]" = weakref.WeakSet()
+_writer = None
+_writer_lock = threading.Lock()
+
+
+def _trace_writer():
+    """The one writer thread (an executor of one) that every store's processor hands batches to."""
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            import concurrent.futures
+
+            _writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="moakit-trace-writer")
+        return _writer
 
 
 def span_processors(tracer) -> tuple:

@@ -8,14 +8,17 @@ indexed columns and the rest as JSON, long texts stored once by content hash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from ..errors import TraceFileError
 from . import migrations
@@ -29,6 +32,19 @@ SPAN_COLUMNS = (
 )
 _INSERT_SPAN = f"INSERT OR REPLACE INTO spans ({', '.join(SPAN_COLUMNS)}) VALUES ({', '.join('?' * len(SPAN_COLUMNS))})"
 _INSERT_TEXT = "INSERT OR IGNORE INTO texts (hash, text) VALUES (?, ?)"
+# recorded calls' answers, by span id or with their run's other calls (TraceStore.lookup_many), as
+# one JSON array: a single step, so the GIL is given up once per query and not once per row (a
+# writer thread waiting for it would take it at each row, see SQLiteSpanProcessor._write_behind)
+_LOOKUP = ("SELECT json_group_array(json_array(s.span_id, s.input_tokens, s.output_tokens, s.model, t.text, "
+           "json_extract(s.attributes, '$.\"gen_ai.response.model\"'))) "
+           "FROM spans s JOIN texts t ON t.hash = s.output_hash WHERE ")
+_SPAN_ROW = "(" + ", ".join("?" * len(SPAN_COLUMNS)) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_insert(head: str, row: str, n: int) -> str:
+    """``head`` followed by ``n`` rows of placeholders: one statement for many rows."""
+    return head + ",".join([row] * n)
 
 
 def text_hash(text: str) -> str:
@@ -71,6 +87,8 @@ class TraceStore:
             # 64 MB page cache (used only as a file grows): inserts land at random places in the
             # span-id and request-key indexes, and the default 2 MB halves ingest beyond ~100k spans
             self.conn.execute("PRAGMA cache_size = -65536")
+            # parameters one statement may bind (32,766 unless SQLite was built otherwise)
+            self._max_params = min(32766, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
             self._migrate()
         except sqlite3.DatabaseError as e:
             self.conn is not None and self.conn.close()
@@ -78,7 +96,9 @@ class TraceStore:
         except TraceFileError:
             self.conn.close()
             raise
-        self._cache_index: dict[str, tuple[str, str]] | None = None
+        self._cache_index: dict[str, tuple[str, str, str]] | None = None
+        self._trace_calls: dict[str, int] = {}  # trace id -> calls in the cache index
+        self._replay_rows: dict[str, tuple] = {}  # span id -> its _LOOKUP row (see lookup_many)
         self._recorded: tuple[int, dict[str, str]] | None = None  # (data_version, recorded_agents())
 
     # ---- schema --------------------------------------------------------------------------
@@ -123,26 +143,63 @@ class TraceStore:
         self.close()
 
     # ---- writing -------------------------------------------------------------------------
-    def write(self, rows: Sequence[dict[str, Any]], texts: dict[str, str] | None = None) -> None:
-        """Write span rows (dicts keyed by :data:`SPAN_COLUMNS`) and their texts in one
-        transaction. Each finished call is written at once, so a crash loses nothing finished."""
-        params = [_span_params(r) for r in rows]
+    def write(self, rows: Sequence[dict[str, Any] | list], texts: dict[str, str] | None = None) -> None:
+        """Write span rows (dicts keyed by :data:`SPAN_COLUMNS`, or lists of their values in that
+        order with ``cached`` as 0 or 1) and their texts in one transaction. Each finished call is
+        written at once, so a crash loses nothing finished."""
+        self.write_prepared(self.prepare_write(rows, texts))
+
+    def prepare_write(self, rows: Sequence[dict[str, Any] | list], texts: dict[str, str] | None = None,
+                      bulk: bool = False) -> "PreparedWrite":
+        """The Python half of :meth:`write` (the statements' parameters); :meth:`write_prepared`
+        is the SQLite half, which a writer thread can run while the event loop goes on.
+
+        ``bulk``: many rows per statement (as many as SQLite's limit on parameters allows)
+        instead of ``executemany``. As fast alone, but ``executemany`` takes the GIL back after
+        every row, and a thread doing that beside a busy event loop waits up to the 5 ms switch
+        interval each time (4,096 rows: ~20 s instead of ~20 ms); one statement takes it once."""
+        params = [r if type(r) is list else _span_params(r) for r in rows]
+        recorded = any(type(p[_MODEL]) is str and p[_MODEL].startswith("recorded/") for p in params)
+        cacheable = [(p[_KEY], (p[_SPAN], p[_OUT], p[_TRACE])) for p in params
+                     if p[_KIND] == "call" and p[_KEY] and not p[_ERROR] and p[_OUT]]
+        if not bulk:
+            return PreparedWrite(params, texts, None, recorded, cacheable)
+        limit = self._max_params
+        statements = []
+        items = list(texts.items()) if texts else []
+        for head, tpl, width, values in ((_INSERT_TEXT.split("VALUES")[0] + "VALUES ", "(?, ?)", 2, items),
+                                         (_INSERT_SPAN.split("VALUES")[0] + "VALUES ", _SPAN_ROW, len(SPAN_COLUMNS),
+                                          params)):
+            per = max(1, limit // width)
+            for i in range(0, len(values), per):
+                chunk = values[i:i + per]
+                statements.append((_multi_insert(head, tpl, len(chunk)), list(itertools.chain.from_iterable(chunk))))
+        return PreparedWrite(None, None, statements, recorded, cacheable)
+
+    def write_prepared(self, w: "PreparedWrite") -> None:
+        """Commit what :meth:`prepare_write` made, in one transaction."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                if texts:
-                    self.conn.executemany(_INSERT_TEXT, texts.items())
-                self.conn.executemany(_INSERT_SPAN, params)
+                if w.statements is not None:
+                    for sql, values in w.statements:
+                        self.conn.execute(sql, values)
+                else:
+                    if w.texts:
+                        self.conn.executemany(_INSERT_TEXT, w.texts.items())
+                    self.conn.executemany(_INSERT_SPAN, w.params)
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-            if self._recorded is not None and any(str(r.get("model") or "").startswith("recorded/") for r in rows):
+            if self._recorded is not None and w.recorded:
                 self._recorded = None
             if self._cache_index is not None:
-                for r in rows:
-                    if r.get("kind") == "call" and r.get("request_key") and not r.get("error") and r.get("output_hash"):
-                        self._cache_index.setdefault(r["request_key"], (r["span_id"], r["output_hash"]))
+                index, calls = self._cache_index, self._trace_calls
+                for key, value in w.cacheable:
+                    if key not in index:
+                        index[key] = value
+                        calls[value[2]] = calls.get(value[2], 0) + 1
 
     # ---- reading helpers -----------------------------------------------------------------
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
@@ -373,31 +430,73 @@ class TraceStore:
         return out
 
     # ---- replay ----------------------------------------------------------------------------
-    def cache_index(self) -> dict[str, tuple[str, str]]:
-        """request key -> (span id, output text hash) of the first good call recorded for it."""
+    PREFETCH_MAX_CALLS = 256  # a recorded call is read with its run's other calls when the run has at most this many
+    PREFETCH_MEMO = 8192  # rows kept by lookup_many before it starts afresh
+
+    def cache_index(self) -> dict[str, tuple[str, str, str]]:
+        """request key -> (span id, output text hash, trace id) of the first good call recorded for it."""
         with self._lock:
             if self._cache_index is None:
-                idx: dict[str, tuple[str, str]] = {}
-                for key, span_id, h in self.conn.execute(
-                        "SELECT request_key, span_id, output_hash FROM spans WHERE request_key IS NOT NULL "
+                idx: dict[str, tuple[str, str, str]] = {}
+                traces: dict[str, int] = {}
+                for key, span_id, h, tid in self.conn.execute(
+                        "SELECT request_key, span_id, output_hash, trace_id FROM spans WHERE request_key IS NOT NULL "
                         "AND kind='call' AND error IS NULL AND output_hash IS NOT NULL ORDER BY rowid"):
-                    idx.setdefault(key, (span_id, h))
-                self._cache_index = idx
+                    if key not in idx:
+                        tid = sys.intern(tid)  # one string per trace id, however many calls share it
+                        traces[tid] = traces.get(tid, 0) + 1
+                        idx[key] = (span_id, h, tid)
+                self._cache_index, self._trace_calls = idx, traces
             return self._cache_index
 
     def lookup(self, key: str) -> tuple[str, str, dict[str, Any]] | None:
         """A recorded answer for a request key: (span id, output text, usage attrs) or None."""
-        hit = self.cache_index().get(key)
-        if hit is None:
-            return None
-        span_id, h = hit
-        rows = self.query("SELECT s.input_tokens, s.output_tokens, s.model, t.text, "
-                          "json_extract(s.attributes, '$.\"gen_ai.response.model\"') "
-                          "FROM spans s JOIN texts t ON t.hash = s.output_hash WHERE s.span_id = ?", (span_id,))
-        if not rows:
-            return None
-        inp, outp, model, text, rmodel = rows[0]
-        return span_id, text, {"input_tokens": inp, "output_tokens": outp, "response_model": rmodel or model}
+        return self.lookup_many([key])[0]
+
+    def lookup_many(self, keys: Sequence[str]) -> list[tuple[str, str, dict[str, Any]] | None]:
+        """``[self.lookup(k) for k in keys]``, reading the store once for all of them.
+
+        A recorded call's row is read with the other calls of its run (trace) when that run
+        holds at most ``PREFETCH_MAX_CALLS`` of them: replaying a run then reads the store once
+        instead of once per layer (the later layers' keys depend on the earlier answers, so
+        they cannot be asked together). The rows read are kept (up to ``PREFETCH_MEMO``) by
+        span id; a recorded span's row does not change."""
+        index = self.cache_index()
+        found = [index.get(k) for k in keys]
+        out: list[tuple[str, str, dict[str, Any]] | None] = []
+        with self._lock:
+            memo = self._replay_rows
+            missing = [f for f in found if f is not None and f[0] not in memo]
+            if missing:
+                if len(memo) >= self.PREFETCH_MEMO:  # start afresh: every hit is read again
+                    memo.clear()
+                    missing = [f for f in found if f is not None]
+                calls = self._trace_calls
+                traces = list(dict.fromkeys(f[2] for f in missing if calls.get(f[2], 0) <= self.PREFETCH_MAX_CALLS))
+                if traces:
+                    for r in self._lookup_rows("s.kind = 'call' AND s.trace_id", traces):
+                        memo[r[0]] = r
+                ids = list(dict.fromkeys(f[0] for f in missing if f[0] not in memo))
+                if ids:
+                    for r in self._lookup_rows("s.span_id", ids):
+                        memo[r[0]] = r
+            for f in found:
+                r = None if f is None else memo.get(f[0])
+                if r is None:
+                    out.append(None)
+                else:
+                    span_id, inp, outp, model, text, rmodel = r
+                    out.append((span_id, text, {"input_tokens": inp, "output_tokens": outp,
+                                                "response_model": rmodel or model}))
+        return out
+
+    def _lookup_rows(self, where: str, values: list) -> list:
+        rows: list = []
+        for i in range(0, len(values), 500):
+            chunk = values[i:i + 500]
+            (packed,) = self.conn.execute(_LOOKUP + f"{where} IN ({','.join('?' * len(chunk))})", chunk).fetchone()
+            rows += json.loads(packed)
+        return rows
 
     def recorded_agents(self) -> dict[str, str]:
         """Agents whose outputs were imported (model ``recorded/...``): agent -> model.
@@ -446,7 +545,18 @@ _CALLS_COLUMNS = """s.trace_id, s.span_id, s.parent_id, s.step_index, s.step, s.
 # calls() of at least this many rows are read column-wise into Arrow (None: never); below it
 # the row-wise sqlite3 path is as fast and needs no pyarrow
 _ARROW_MIN_ROWS: int | None = 20_000
-_CACHED = SPAN_COLUMNS.index("cached")
+_CACHED, _MODEL, _KEY, _SPAN, _OUT, _TRACE, _KIND, _ERROR = map(SPAN_COLUMNS.index, (
+    "cached", "model", "request_key", "span_id", "output_hash", "trace_id", "kind", "error"))
+
+
+class PreparedWrite(NamedTuple):
+    """Statement parameters for one transaction (see :meth:`TraceStore.prepare_write`)."""
+
+    params: list | None  # a row of values per span, for executemany
+    texts: dict[str, str] | None
+    statements: list | None  # or (sql, parameters) of multi-row inserts, texts first
+    recorded: bool  # holds imported outputs: recorded_agents() must ask again
+    cacheable: list  # (request key, (span id, output hash)) for the replay index
 
 
 def _span_params(row: dict[str, Any]) -> list:
