@@ -22,7 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 from .errors import ReplayMiss
 from .models import ModelSpec
 from .tracing import attributes as A
-from .tracing.exporter import (_LONE_SURROGATE, RowSpan, SQLiteSpanProcessor, _clean, _clean_id, _dumps, output_text,
+from .tracing.exporter import (_LONE_SURROGATE, _UNSET, RowSpan, SQLiteSpanProcessor, _clean, _clean_id, _dumps, output_text,
                                span_processors)
 from .tracing.redact import redact
 from .tracing.store import text_hash
@@ -175,6 +175,8 @@ def retry_after(exc: BaseException) -> float | None:
 _SEED_KEY = f", {_encode_str(A.REQUEST_SEED)}: "
 _REPLAYED_KEY = f", {_encode_str('moakit.replayed_from')}: "
 _RMODEL_KEY = f", {_encode_str(A.RESPONSE_MODEL)}: "
+_FINISH_KEY = f", {_encode_str(A.RESPONSE_FINISH_REASONS)}: "
+_RID_KEY = f", {_encode_str(A.RESPONSE_ID)}: "
 
 # the attributes Client._start_row stores already redacted
 _PRE_CLEANED = frozenset((A.SPAN_KIND, A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.REQUEST_TEMPERATURE,
@@ -461,6 +463,49 @@ class Client:
         span.cleaned = _PRE_CLEANED
         return span
 
+    def _paid_row(self, span: RowSpan, req: CallRequest, attempt: int, text: str, usage, cost, rmodel, reason: str,
+                  rid, out_json: str) -> tuple[list, dict[str, str]]:
+        """The row :func:`span_to_row` makes of a paid call's RowSpan once the success attributes
+        are set (usage, finish reason, cached, cost, response model and id, output), built from
+        what ``_start_row`` stored and the pieces a layer shares (as ``_replayed_row`` does);
+        tests/test_replay_rows.py compares it with the SDK path's row."""
+        clean = self._clean_name
+        head_key = (req.spec.provider, req.temperature, req.max_tokens)
+        head = self._attr_heads.get(head_key)
+        if head is None:
+            if len(self._attr_heads) >= 256:
+                self._attr_heads.clear()
+            head = self._attr_heads[head_key] = _dumps({
+                A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
+                A.REQUEST_TEMPERATURE: float(req.temperature), A.REQUEST_MAX_TOKENS: int(req.max_tokens)})[:-1]
+        parts = [head]
+        seed = req.seed
+        if seed is not None:
+            parts.append(_SEED_KEY + (int.__repr__(seed) if type(seed) is int else _dumps(seed)))
+        if req.sources:
+            parts.append(self._sources_piece(req))
+        parts.append(_FINISH_KEY + "[" + _encode_str(clean(reason)) + "]")
+        if rmodel:
+            parts.append(_RMODEL_KEY + _encode_str(clean(rmodel)))
+        if rid:
+            parts.append(_RID_KEY + _encode_str(_clean(str(rid))))
+        parts.append("}")
+        texts: dict[str, str] = {}
+        input_hash = None
+        if span.input_hash is not None:
+            value, input_hash = span.input_hash
+            texts[input_hash] = value
+        c = _clean(out_json)
+        out = text if c is out_json or c == out_json else output_text(c)  # nothing redacted: the text itself
+        h = text_hash(out)
+        texts[h] = out
+        ctx, parent = span.context, span.parent
+        return [format(ctx.span_id, "016x"), format(ctx.trace_id, "032x"),
+                None if parent is None else format(parent.span_id, "016x"), span.name, clean("call"),
+                span.start_time, span.end_time, "OK", None, req.step_index, clean(req.step_kind), clean(req.agent),
+                clean(req.spec.model), req.sample, usage[0], usage[1], cost, _clean_id(req.key), input_hash, h,
+                "".join(parts), 0, attempt, None], texts
+
     @staticmethod
     async def _ended(span) -> None:
         """End a paid attempt's span; return once its row is committed. A RowSpan's row waits
@@ -506,6 +551,18 @@ class Client:
                 await asyncio.sleep(wait)
                 continue
             reason = finish or "stop"
+            if type(span) is RowSpan and type(reason) is str and isinstance(rmodel, (str, type(None))) \
+                    and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))) \
+                    and span.cleaned is _PRE_CLEANED and span.status is _UNSET:
+                # the row span_to_row would make of the span after the attributes below, built directly
+                out_json = _output_messages(text, finish)
+                span.end_time = time.time_ns()
+                sink = span._sink
+                sink.add_paid(*self._paid_row(span, req, attempt, text, usage, cost, rmodel, reason, rid, out_json))
+                await sink.committed()
+                self.paid += 1
+                return CallResult(text=text, span_id=sid, input_tokens=usage[0], output_tokens=usage[1],
+                                  cost_usd=cost or 0.0, attempts=attempt)
             if type(span) is RowSpan and isinstance(reason, str) and isinstance(rmodel, (str, type(None))) \
                     and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))):
                 # what the SDK path sets, in its order, the strings redacted here (memo of names)

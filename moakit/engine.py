@@ -227,6 +227,8 @@ class _Runner:
                 got = await asyncio.gather(*(client.call(reqs[i], looked_up=True) for i in missing))
                 for i, r in zip(missing, got):
                     results[i] = r
+        elif len(reqs) == 1:  # an Aggregate / Vote / Rank call: no task to make
+            results = [await client.call(reqs[0])]
         else:
             results = await asyncio.gather(*(client.call(r) for r in reqs))
         t = self.totals

@@ -37,7 +37,14 @@ def on_end(self, span):
     if dict(span.attributes or {}).get("moakit.span.kind") == "call":
         seen.append(format(span.context.span_id, "016x"))
 
+_add_paid = exporter.SQLiteSpanProcessor.add_paid
+
+def add_paid(self, row, texts):  # a paid call's row built without a span (Client._paid_row)
+    _add_paid(self, row, texts)
+    seen.append(row[0])
+
 exporter.SQLiteSpanProcessor.on_end = on_end
+exporter.SQLiteSpanProcessor.add_paid = add_paid
 get_litellm()  # import before the start line, so the four writers really overlap
 print("READY", flush=True)
 while not os.path.exists(go):

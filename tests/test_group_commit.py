@@ -13,7 +13,7 @@ import moakit
 from moakit import client as C
 from moakit.engine import tracer_for
 from moakit.pipelines import count_calls, together_moa
-from moakit.tracing.store import TraceStore
+from moakit.tracing.store import SPAN_COLUMNS, TraceStore
 
 MODELS = {a: {"model": f"openai/{a}", "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-unused-000000"}
           for s in together_moa for a in s.agents}
@@ -34,6 +34,7 @@ def instant(monkeypatch):
 
     def write(self, rows, texts=None):
         real_write(self, rows, texts)
+        rows = [r if isinstance(r, dict) else dict(zip(SPAN_COLUMNS, r)) for r in rows]  # rows may be value lists
         committed.update(r["span_id"] for r in rows)
         n = sum(1 for r in rows if r.get("kind") == "call" and not r.get("cached"))
         if n:

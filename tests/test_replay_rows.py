@@ -15,6 +15,7 @@ from moakit.pipelines import together_moa
 from moakit.steps import pipeline_to_json
 from moakit.testing.stub_server import StubServer
 from moakit.tracing import attributes as A
+from moakit.tracing.exporter import _dumps
 from moakit.tracing.store import SPAN_COLUMNS, TraceStore
 
 SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8J9k0" * 2
@@ -69,6 +70,8 @@ def _same_columns(a, b):
         {k: v for k, v in b.items() if k not in VARYING | {"attributes"}}
     ja, jb = json.loads(a["attributes"]), json.loads(b["attributes"])
     assert list(ja) == list(jb)
+    for raw, parsed in ((a["attributes"], ja), (b["attributes"], jb)):  # the text itself, byte for byte,
+        assert raw == _dumps(parsed)  # as span_to_row's encoder writes it (rows assembled from pieces too)
     sa, sb = json.loads(ja.pop(A.INPUT_SOURCES, "[]")), json.loads(jb.pop(A.INPUT_SOURCES, "[]"))
     return ja, jb, sa, sb
 
@@ -271,13 +274,18 @@ def _paid_both_paths(tmp_path, monkeypatch, query, stub_options, **kwargs):
     out = {}
     with StubServer(latency=0.0, **stub_options) as s:
         live = {a: s.model(a) for a in agents}
+        built = []  # paid rows assembled by Client._paid_row on the fast path
+        real = C.Client._paid_row
         for label, sink in (("fast", None), ("slow", lambda self: None)):
             with monkeypatch.context() as m:
                 if sink is not None:
                     m.setattr(C.Client, "_row_sink", sink)
+                else:
+                    m.setattr(C.Client, "_paid_row", lambda self, *a: built.append(1) or real(self, *a))
                 out[label] = moakit.run(together_moa, query, models=live, seed=3, store=tmp_path / f"{label}.db",
                                         **kwargs)
     assert out["fast"].output == out["slow"].output and out["fast"].error == out["slow"].error
+    assert len(built) == out["fast"].calls_paid > 0
     return _same_paid_rows(tmp_path / "fast.db", tmp_path / "slow.db")
 
 

@@ -247,6 +247,11 @@ class SQLiteSpanProcessor(SpanProcessor):
         like a replayed call's span."""
         self._queue(row, texts, False)
 
+    def add_paid(self, row: list, texts: dict[str, str]) -> None:
+        """Queue a paid call's row made without ``span_to_row`` (``Client._paid_row``); its
+        client then awaits :meth:`committed`, as for a paid RowSpan (``group``)."""
+        self._queue(row, texts, False)
+
     def _queue(self, row: dict[str, Any] | list, texts: dict[str, str], durable: bool) -> None:
         """Add a row to the next commit; commit now when it is ``durable``, or hand the waiting
         rows to the writer thread when too much waits."""
