@@ -159,11 +159,8 @@ class TraceStore:
         every row, and a thread doing that beside a busy event loop waits up to the 5 ms switch
         interval each time (4,096 rows: ~20 s instead of ~20 ms); one statement takes it once."""
         params = [r if type(r) is list else _span_params(r) for r in rows]
-        recorded = any(type(p[_MODEL]) is str and p[_MODEL].startswith("recorded/") for p in params)
-        cacheable = [(p[_KEY], (p[_SPAN], p[_OUT], p[_TRACE])) for p in params
-                     if p[_KIND] == "call" and p[_KEY] and not p[_ERROR] and p[_OUT]]
         if not bulk:
-            return PreparedWrite(params, texts, None, recorded, cacheable)
+            return PreparedWrite(params, texts, None)
         limit = self._max_params
         statements = []
         items = list(texts.items()) if texts else []
@@ -174,7 +171,7 @@ class TraceStore:
             for i in range(0, len(values), per):
                 chunk = values[i:i + per]
                 statements.append((_multi_insert(head, tpl, len(chunk)), list(itertools.chain.from_iterable(chunk))))
-        return PreparedWrite(None, None, statements, recorded, cacheable)
+        return PreparedWrite(params, None, statements)
 
     def write_prepared(self, w: "PreparedWrite") -> None:
         """Commit what :meth:`prepare_write` made, in one transaction."""
@@ -192,14 +189,17 @@ class TraceStore:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-            if self._recorded is not None and w.recorded:
+            # what the store keeps about its rows is brought up to date only if it was asked for
+            # (a replay into a fresh store never builds either)
+            if self._recorded is not None and any(type(p[_MODEL]) is str and p[_MODEL].startswith("recorded/")
+                                                  for p in w.params):
                 self._recorded = None
             if self._cache_index is not None:
                 index, calls = self._cache_index, self._trace_calls
-                for key, value in w.cacheable:
-                    if key not in index:
-                        index[key] = value
-                        calls[value[2]] = calls.get(value[2], 0) + 1
+                for p in w.params:
+                    if p[_KIND] == "call" and p[_KEY] and not p[_ERROR] and p[_OUT] and p[_KEY] not in index:
+                        index[p[_KEY]] = (p[_SPAN], p[_OUT], p[_TRACE])
+                        calls[p[_TRACE]] = calls.get(p[_TRACE], 0) + 1
 
     # ---- reading helpers -----------------------------------------------------------------
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
@@ -552,11 +552,9 @@ _CACHED, _MODEL, _KEY, _SPAN, _OUT, _TRACE, _KIND, _ERROR = map(SPAN_COLUMNS.ind
 class PreparedWrite(NamedTuple):
     """Statement parameters for one transaction (see :meth:`TraceStore.prepare_write`)."""
 
-    params: list | None  # a row of values per span, for executemany
-    texts: dict[str, str] | None
+    params: list  # a row of values per span (for executemany, and for the store's own indexes)
+    texts: dict[str, str] | None  # for executemany
     statements: list | None  # or (sql, parameters) of multi-row inserts, texts first
-    recorded: bool  # holds imported outputs: recorded_agents() must ask again
-    cacheable: list  # (request key, (span id, output hash)) for the replay index
 
 
 def _span_params(row: dict[str, Any]) -> list:
