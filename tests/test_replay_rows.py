@@ -209,25 +209,36 @@ def test_another_span_processor_gets_real_spans(recorded, tmp_path):
 
 
 def test_clean_id_equals_clean():
+    """Ids, request keys and JSON lists of ids skip the redaction regexes: the same result as
+    the full redaction, with and without a user's hook and an exact secret."""
+    import json as js
     import random as rnd
 
     from moakit.tracing import redact as R
-    from moakit.tracing.exporter import _clean, _clean_id
+    from moakit.tracing.exporter import _clean, _clean_full, _clean_id
 
     rng = rnd.Random(5)
-    samples = ["".join(rng.choice("0123456789abcdef") for _ in range(rng.randint(1, 40))) + rng.choice(["", ":0", ":12"])
-               for _ in range(500)] + ["sk-0123456789abcdef0123", "abc", "", "deadbeef" * 5]
+    hexes = ["".join(rng.choice("0123456789abcdef") for _ in range(rng.randint(1, 40))) + rng.choice(["", ":0", ":12"])
+             for _ in range(500)]
+    samples = hexes + [js.dumps(hexes[i:i + rng.randint(0, 6)]) for i in range(0, 400, 7)] + [
+        "sk-0123456789abcdef0123", "abc", "", "deadbeef" * 5, '["deadbeefdeadbeef", "00"]', "[]", ' "', "bearer x"]
     for v in samples:
-        assert _clean_id(v) == _clean(v)
+        assert _clean_id(v) == _clean(v) == _clean_full(v)
     R.add_secret("deadbeefdeadbeef")
     R.add_redactor(lambda t: t.replace("0", "O"))
     try:
         for v in samples:
-            assert _clean_id(v) == _clean(v)
+            assert _clean_id(v) == _clean(v) == _clean_full(v)
         assert "[REDACTED]" in _clean_id("00deadbeefdeadbeef00")
+        assert "[REDACTED]" in _clean('["deadbeefdeadbeef"]')
     finally:
         R.clear_redactors()
         R._extra_secrets.discard("deadbeefdeadbeef")
+    R.add_secret("0123456789ab")  # an exact secret alone (no hook)
+    try:
+        assert _clean('["0123456789abcd"]') == _clean_full('["0123456789abcd"]') == '["[REDACTED]cd"]'
+    finally:
+        R._extra_secrets.discard("0123456789ab")
 
 
 def test_replayed_runs_are_in_the_file_when_run_and_run_batch_return(recorded, tmp_path):

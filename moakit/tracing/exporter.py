@@ -45,28 +45,39 @@ def _clean(v: Any) -> Any:
     """Redact a string attribute (or each string of a sequence) and replace lone surrogates,
     which SQLite's UTF-8 cannot hold, by U+FFFD."""
     if isinstance(v, str):
-        v = redact(v)
-        return v if v.isascii() else _LONE_SURROGATE.sub("\ufffd", v)  # isascii() is O(1)
+        if not v.strip(_ID_CHARS) and _ids_pass(v):  # an id, a request key, a JSON list of ids
+            return v
+        return _clean_full(v)
     if isinstance(v, (tuple, list)):
         return [_clean(x) for x in v]
     return v
 
 
-_HEX = "0123456789abcdef:"
+def _clean_full(v: str) -> str:
+    v = redact(v)
+    return v if v.isascii() else _LONE_SURROGATE.sub("\ufffd", v)  # isascii() is O(1)
+
+
+# span ids, request keys (hex digits and ':') and the JSON lists of span ids that steps and
+# calls record: none of the built-in secret patterns can match a string made of these
+# characters (each needs a letter beyond 'f', a capital, '-' or '_'), so only the user's hooks,
+# exact secrets or added patterns could change it (tests/test_replay_rows.py checks _clean
+# against the full redaction)
+_ID_CHARS = '0123456789abcdef:[]", '
 _BUILTIN_PATTERNS = tuple(_redact.SECRET_PATTERNS)
 
 
-def _clean_id(v: str) -> str:
-    """``_clean`` of a span id or request key (hex digits and ':'): none of the built-in secret
-    patterns can match such a string (each needs a letter beyond 'f', a capital, '-' or '_'),
-    so only the user's hooks, exact secrets or added patterns could change it; when there are
-    none, it is returned as is (tests/test_replay_rows.py checks it against ``_clean``)."""
-    if _redact._hooks or v.strip(_HEX) or tuple(_redact.SECRET_PATTERNS) != _BUILTIN_PATTERNS:
-        return _clean(v)
+def _ids_pass(v: str) -> bool:
+    """True when nothing but the built-in patterns could change ``v`` (an id-like string)."""
+    if _redact._hooks or tuple(_redact.SECRET_PATTERNS) != _BUILTIN_PATTERNS:
+        return False
     for s in _redact._extra_secrets:
         if s in v:
-            return _clean(v)
-    return v
+            return False
+    return True
+
+
+_clean_id = _clean  # (the name the client uses for ids and keys)
 
 
 def span_to_row(span: ReadableSpan) -> tuple[dict[str, Any], dict[str, str]]:
