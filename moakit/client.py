@@ -434,9 +434,16 @@ class Client:
     def _start_row(self, sink, req: CallRequest, attempt: int, parent) -> RowSpan:
         """``_start`` as a RowSpan: the same attributes in the same order, the strings stored
         already redacted (names once per client, a layer's shared sources and prompt once per
-        layer, with the prompt's hash), which ``span_to_row`` then takes as they are."""
+        layer, with the prompt's hash), which ``span_to_row`` then takes as they are. They are
+        set when the span is first touched (an error, a retry): a call that succeeds at once
+        gets its row from ``_paid_row`` without them."""
         span = RowSpan(sink, f"chat {req.spec.model}", parent)
         span.group = True
+        span.fill = (self._call_attributes, req, attempt)
+        return span
+
+    def _call_attributes(self, span: RowSpan, req: CallRequest, attempt: int) -> None:
+        """Set a call's first attributes on its RowSpan (see ``_start_row``)."""
         clean = self._clean_name
         a = span.attributes
         a[A.SPAN_KIND] = clean("call")  # a user's redaction hook sees every string
@@ -461,7 +468,6 @@ class Client:
             a[A.INPUT_MESSAGES] = value
             span.input_hash = (value, h)
         span.cleaned = _PRE_CLEANED
-        return span
 
     def _paid_row(self, span: RowSpan, req: CallRequest, attempt: int, text: str, usage, cost, rmodel, reason: str,
                   rid, out_json: str) -> tuple[list, dict[str, str]]:
@@ -492,8 +498,8 @@ class Client:
         parts.append("}")
         texts: dict[str, str] = {}
         input_hash = None
-        if span.input_hash is not None:
-            value, input_hash = span.input_hash
+        if self.config.record_content:
+            value, input_hash = self._input_text(req.messages)
             texts[input_hash] = value
         c = _clean(out_json)
         out = text if c is out_json or c == out_json else output_text(c)  # nothing redacted: the text itself
@@ -553,10 +559,10 @@ class Client:
             reason = finish or "stop"
             if type(span) is RowSpan and type(reason) is str and isinstance(rmodel, (str, type(None))) \
                     and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))) \
-                    and span.cleaned is _PRE_CLEANED and span.status is _UNSET:
+                    and span.fill is not None and span.status is _UNSET:
                 # the row span_to_row would make of the span after the attributes below, built directly
                 out_json = _output_messages(text, finish)
-                span.end_time = time.time_ns()
+                span.fill, span.end_time = None, time.time_ns()
                 sink = span._sink
                 sink.add_paid(*self._paid_row(span, req, attempt, text, usage, cost, rmodel, reason, rid, out_json))
                 await sink.committed()
@@ -566,6 +572,8 @@ class Client:
             if type(span) is RowSpan and isinstance(reason, str) and isinstance(rmodel, (str, type(None))) \
                     and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))):
                 # what the SDK path sets, in its order, the strings redacted here (memo of names)
+                if span.fill is not None:
+                    span._filled()
                 a = span.attributes
                 a[A.USAGE_INPUT_TOKENS], a[A.USAGE_OUTPUT_TOKENS] = usage
                 a[A.RESPONSE_FINISH_REASONS] = (self._clean_name(reason),)

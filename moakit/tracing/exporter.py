@@ -142,7 +142,7 @@ class RowSpan:
     ended), so its row is the row the SDK span would have made (tests/test_replay_rows.py)."""
 
     __slots__ = ("name", "context", "parent", "attributes", "status", "start_time", "end_time", "_sink", "group",
-                 "cleaned", "input_hash", "output_text")
+                 "cleaned", "input_hash", "output_text", "fill")
 
     def __init__(self, sink: "SQLiteSpanProcessor", name: str, parent: SpanContext | None = None,
                  attributes: dict[str, Any] | None = None):
@@ -166,6 +166,9 @@ class RowSpan:
         self.cleaned: frozenset | None = None  # keys whose values were stored already redacted
         self.input_hash: tuple | None = None  # (input messages value, its text_hash)
         self.output_text: tuple | None = None  # (output messages JSON, the text it holds)
+        # (fn, *args): fn(span, *args) sets the first attributes, on first use (a paid call that
+        # succeeds never needs them: its row is built from its request, see Client._paid_row)
+        self.fill: tuple | None = None
         self.end_time: int | None = None
         if attributes:
             self.set_attributes(attributes)
@@ -177,7 +180,14 @@ class RowSpan:
     def is_recording(self) -> bool:
         return self.end_time is None
 
+    def _filled(self) -> None:
+        fn, *args = self.fill
+        self.fill = None
+        fn(self, *args)
+
     def set_attribute(self, key: str, value: Any) -> None:
+        if self.fill is not None:
+            self._filled()
         if self.end_time is not None or not key or not isinstance(key, str):
             return
         a = self.attributes
@@ -200,6 +210,8 @@ class RowSpan:
     def end(self) -> None:
         if self.end_time is not None:
             return
+        if self.fill is not None:
+            self._filled()
         self.end_time = time.time_ns()
         self._sink.on_end(self)  # type: ignore[arg-type]
 
