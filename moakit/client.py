@@ -349,6 +349,27 @@ class Client:
         self._lists[slot] = (values, value)
         return value
 
+    def _request_json(self, req: CallRequest) -> list[str]:
+        """The start of a call row's attributes JSON, as ``_dumps`` writes it (without the closing
+        brace), in pieces: operation, provider, temperature and max tokens (one string per
+        setting), the seed, and the sources and agents shown (one string per layer)."""
+        head_key = (req.spec.provider, req.temperature, req.max_tokens)
+        head = self._attr_heads.get(head_key)
+        if head is None:
+            if len(self._attr_heads) >= 256:
+                self._attr_heads.clear()
+            clean = self._clean_name
+            head = self._attr_heads[head_key] = _dumps({
+                A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
+                A.REQUEST_TEMPERATURE: float(req.temperature), A.REQUEST_MAX_TOKENS: int(req.max_tokens)})[:-1]
+        parts = [head]
+        seed = req.seed
+        if seed is not None:
+            parts.append(_SEED_KEY + (int.__repr__(seed) if type(seed) is int else _dumps(seed)))
+        if req.sources:  # a layer's calls share these lists (the engine passes the same ones)
+            parts.append(self._sources_piece(req))
+        return parts
+
     def _sources_piece(self, req: CallRequest) -> str:
         """The sources and agents attributes of a replayed call's JSON (``, "k": "v", "k": "v"``)."""
         hit = self._piece
@@ -367,21 +388,7 @@ class Client:
         sid = format(random.getrandbits(64) or 1, "016x")
         inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
         clean = self._clean_name
-        # the attributes' JSON as _dumps would write it, from pieces shared by a layer's calls
-        head_key = (req.spec.provider, req.temperature, req.max_tokens)
-        head = self._attr_heads.get(head_key)
-        if head is None:
-            if len(self._attr_heads) >= 256:
-                self._attr_heads.clear()
-            head = self._attr_heads[head_key] = _dumps({
-                A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
-                A.REQUEST_TEMPERATURE: float(req.temperature), A.REQUEST_MAX_TOKENS: int(req.max_tokens)})[:-1]
-        parts = [head]
-        seed = req.seed
-        if seed is not None:
-            parts.append(_SEED_KEY + (int.__repr__(seed) if type(seed) is int else _dumps(seed)))
-        if req.sources:  # a layer's calls share these lists (the engine passes the same ones)
-            parts.append(self._sources_piece(req))
+        parts = self._request_json(req)
         parts.append(_REPLAYED_KEY + _encode_str(_clean_id(span_id_src)))
         if usage.get("response_model"):
             parts.append(_RMODEL_KEY + _encode_str(clean(usage["response_model"])))
@@ -476,20 +483,7 @@ class Client:
         what ``_start_row`` stored and the pieces a layer shares (as ``_replayed_row`` does);
         tests/test_replay_rows.py compares it with the SDK path's row."""
         clean = self._clean_name
-        head_key = (req.spec.provider, req.temperature, req.max_tokens)
-        head = self._attr_heads.get(head_key)
-        if head is None:
-            if len(self._attr_heads) >= 256:
-                self._attr_heads.clear()
-            head = self._attr_heads[head_key] = _dumps({
-                A.OPERATION_NAME: clean("chat"), A.PROVIDER_NAME: clean(req.spec.provider),
-                A.REQUEST_TEMPERATURE: float(req.temperature), A.REQUEST_MAX_TOKENS: int(req.max_tokens)})[:-1]
-        parts = [head]
-        seed = req.seed
-        if seed is not None:
-            parts.append(_SEED_KEY + (int.__repr__(seed) if type(seed) is int else _dumps(seed)))
-        if req.sources:
-            parts.append(self._sources_piece(req))
+        parts = self._request_json(req)
         parts.append(_FINISH_KEY + "[" + _encode_str(clean(reason)) + "]")
         if rmodel:
             parts.append(_RMODEL_KEY + _encode_str(clean(rmodel)))
