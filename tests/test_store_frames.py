@@ -200,3 +200,132 @@ def test_spread_equals_take():
             got = columnar._spread(pa, np, chunks, idx)
             assert got.type == pa.large_string() and got.to_pylist() == texts.take(idx).to_pylist(), p
     assert columnar._spread(pa, np, [], pa.array([None, None], pa.int32())).to_pylist() == [None, None]
+
+
+def _awkward_store(tmp_path, n=300, seed=8):
+    """Calls whose outputs repeat, go back and forth among the texts, are NULL, missing, empty,
+    non-ASCII or long, written over several transactions (texts interleaved with inputs)."""
+    rng = random.Random(seed)
+    store = TraceStore(tmp_path / "t.db")
+    values = [f"answer {i} " + "ünïcödé ✓ " * (i % 5) + "x" * rng.randrange(0, 3000) for i in range(60)] + ["", "—"]
+    texts = _texts(*values)
+    hs = list(texts)
+    rows = []
+    for i in range(n):
+        pick = rng.random()
+        if pick < 0.5:
+            h = hs[(i // 3) % len(hs)]  # runs of consecutive texts, repeated
+        elif pick < 0.8:
+            h = rng.choice(hs)  # anywhere, earlier or later
+        elif pick < 0.9:
+            h = None
+        else:
+            h = "f" * 32  # no such text
+        rows.append(_row(rng, i, f"t{i % 7}", output_hash=h, input_hash=hs[-1], cached=rng.random() < 0.5))
+    for k in range(0, n, 50):
+        chunk = {h: v for h, v in list(texts.items())[k // 5:k // 5 + 12]}  # texts arrive over time
+        store.write(rows[k:k + 50], chunk)
+    store.write([], texts)
+    return store
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 5_000])
+def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, batch):
+    """The output texts are read a batch at a time and written to the calls as soon as their
+    texts are in: any batch size gives the row-wise frame, with NULL, missing, empty, repeated
+    and non-ASCII outputs, texts in any order, and on the reader thread (not a fallback)."""
+    pytest.importorskip("pyarrow")
+    store = _awkward_store(tmp_path)
+    monkeypatch.setattr(columnar, "_TEXT_BATCH", batch)
+    beside = []
+    real = columnar._read_outputs
+    monkeypatch.setattr(columnar, "_read_outputs", lambda conn, *a: beside.append(conn is not store.conn) or real(conn, *a))
+    for trace_id in (None, "t3", ["t1", "t2"]):
+        old, new = _both(store, trace_id, monkeypatch)
+        _same(old, new)
+    assert beside and all(beside), "the outputs were not read on the reader's thread"
+
+
+def test_scattered_outputs_use_take(tmp_path, monkeypatch):
+    """Calls pointing at texts in no order (more runs than a quarter of the calls) take the
+    texts with Arrow's take: the same frame."""
+    pytest.importorskip("pyarrow")
+    store = _awkward_store(tmp_path, seed=9)
+    store.conn.execute("UPDATE spans SET output_hash = (SELECT hash FROM texts ORDER BY random() LIMIT 1) "
+                       "WHERE rowid % 2 = 0")
+    monkeypatch.setattr(columnar, "_TEXT_BATCH", 4)
+    spread = []
+    real = columnar._spread
+    monkeypatch.setattr(columnar, "_spread", lambda *a: spread.append(1) or real(*a))
+    old, new = _both(store, None, monkeypatch)
+    _same(old, new)
+    assert spread
+
+
+def test_a_commit_between_the_two_snapshots(tmp_path, monkeypatch):
+    """Another connection commits after the reader's snapshot starts and before this store's:
+    the reader's snapshot is then not used for the spans (cost_usd), and its texts, which lack
+    the new one, are refused, so the frame is that of this store's snapshot."""
+    pytest.importorskip("pyarrow")
+    store = _awkward_store(tmp_path)
+    other = TraceStore(tmp_path / "t.db")
+    rng = random.Random(10)
+    late = _texts("a late text")
+    real_reader = store._reader
+    same = []
+
+    def reader_then_a_commit():
+        reader = real_reader()
+        other.write([_row(rng, 1000, "t1", output_hash=next(iter(late)), cost_usd=9.0)], late)
+        return reader
+
+    real = store_mod._calls_columnar
+    monkeypatch.setattr(store_mod, "_calls_columnar", lambda *a: same.append(a[5]) or real(*a))
+    monkeypatch.setattr(store, "_reader", reader_then_a_commit)
+    monkeypatch.setattr(store_mod, "_ARROW_MIN_ROWS", 0)
+    got = store.calls()
+    assert same == [False]
+    monkeypatch.setattr(store_mod, "_ARROW_MIN_ROWS", None)
+    _same(store.calls(), got)
+    assert len(got) == 301 and got["output"].iloc[-1] == "a late text" and got["cost_usd"].iloc[-1] == 9.0
+    other.close()
+
+
+def test_texts_of_another_snapshot_are_refused(tmp_path, monkeypatch):
+    """The reader's texts are checked against the rowids and hashes of this store's snapshot:
+    a text whose rowid now holds another hash (a VACUUM renumbering rows, say) is refused and
+    the texts are read again on this store's connection."""
+    pytest.importorskip("pyarrow")
+    store = _awkward_store(tmp_path)
+    monkeypatch.setattr(columnar, "_TEXT_BATCH", 5)
+    real_texts = columnar._texts
+    refused = []
+
+    def texts(conn, need, hashes):
+        if conn is not store.conn:  # the reader sees other hashes than asked for
+            hashes = hashes.take(np.roll(np.arange(len(hashes)), 1))
+        try:
+            yield from real_texts(conn, need, hashes)
+        except ValueError:
+            refused.append(conn is not store.conn)
+            raise
+
+    monkeypatch.setattr(columnar, "_texts", texts)
+    old, new = _both(store, None, monkeypatch)
+    _same(old, new)
+    assert refused == [True]
+
+
+def test_growing_buffer():
+    pytest.importorskip("pyarrow")
+    buf = columnar._Growing()
+    total = 0
+    for size in (10, 1 << 20, 3 << 20, (3 << 20) + 5, 9 << 20):
+        data = buf.view(size)
+        assert len(data) >= size
+        data[total:size] = np.arange(total, size, dtype=np.int64).astype(np.uint8)
+        total = size
+        del data
+    out = buf.finish(total)
+    assert out.size == total and (np.frombuffer(out, np.uint8) == np.arange(total).astype(np.uint8)).all()
+    assert columnar._Growing().finish(0).size == 0

@@ -7,15 +7,25 @@ object per value, and each distinct output text is read once. The row-wise sqlit
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
+import threading
 from typing import Any
 
 # calls() columns by how they are packed: the integers, the texts, and cost_usd (a REAL: SQLite's
-# text form of a double is not exact, so it comes through the sqlite3 cursor)
-_CALLS_INT = ("step_index", "sample", "attempt", "input_tokens", "output_tokens", "start_ns", "end_ns", "cached")
-_CALLS_TEXT = ("trace_id", "span_id", "parent_id", "step", "agent", "model", "error", "output_hash", "request_key")
-# output texts are read by rowid in batches of this many (a JSON list of rowids each)
-_TEXT_BATCH = 20_000
+# text form of a double is not exact, so it comes through the sqlite3 cursor). start_ns and
+# output_hash come first, in a scan of their own: they give the row order and the output texts.
+_CALLS_INT = ("step_index", "sample", "attempt", "input_tokens", "output_tokens", "end_ns", "cached")
+_CALLS_TEXT = ("trace_id", "span_id", "parent_id", "step", "agent", "model", "error", "request_key")
+# output texts are read by rowid in batches of this many (a JSON list of rowids each; ~8 MB of
+# answers: small enough for the C library to recycle the memory of one batch for the next)
+_TEXT_BATCH = 5_000
+
+
+def _packed_int_sql(col: str) -> str:
+    """SQL aggregates that pack an integer column of many rows into two values: its values,
+    comma-separated (NULLs left out), and how many there are."""
+    return f"CAST(group_concat({col}, ',') AS BLOB), count({col})"
 
 
 def _packed_text_sql(col: str) -> str:
@@ -24,6 +34,17 @@ def _packed_text_sql(col: str) -> str:
     (-1 for NULL), comma-separated."""
     return (f"CAST(group_concat({col}, '') AS BLOB), "
             f"group_concat(coalesce(length(CAST({col} AS BLOB)), -1), ',')")
+
+
+def _unpack_int(np, packed: bytes | None, count: int):
+    """The int64 array of :func:`_packed_int_sql`'s two values, or None when a value in them is
+    not an integer (a REAL or a text, which pandas would not make an int64 column of)."""
+    packed = packed or b""
+    # only digits, minus signs and count - 1 commas: no REAL or TEXT value slipped in
+    if packed.translate(None, b"-0123456789,") or packed.count(b",") != max(count - 1, 0):
+        return None
+    v = np.fromstring(packed, dtype=np.int64, sep=",") if count else np.zeros(0, np.int64)
+    return v if len(v) == count else None
 
 
 def _unpack_text(pa, np, n: int, data: bytes | None, lengths: str | None):
@@ -44,16 +65,26 @@ def _unpack_text(pa, np, n: int, data: bytes | None, lengths: str | None):
     return arr
 
 
-def calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int):
-    """calls() read column by column: one scan of the spans packs each column of all ``n``
-    rows into one value (``group_concat``), unpacked by numpy and Arrow with no Python object
-    per value, then handed to pandas with the dtypes ``pd.Series`` infers from the values the
-    row-wise path (:meth:`TraceStore._calls_sqlite3`) fetches, so both give equal frames.
+def calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int | None = None,
+                   reader: sqlite3.Connection | None = None, same_snapshot: bool = False):
+    """calls() read column by column: scans of the spans pack each column of all rows into one
+    value (``group_concat``), unpacked by numpy and Arrow with no Python object per value, then
+    handed to pandas with the dtypes ``pd.Series`` infers from the values the row-wise path
+    (:meth:`TraceStore._calls_sqlite3`) fetches, so both give equal frames. ``n``, when given,
+    is the row count the caller expects.
 
     Outputs are not joined to the spans (a look-up in the texts' hash index per call): each
     distinct output text (a cached call repeats the text of the call it replays: ~2/3 of the
-    outputs of a Shuffle ablation) is read once, by rowid in the texts table's order, and spread
-    to the calls with an Arrow ``take``.
+    outputs of a Shuffle ablation) is read once, by rowid in the texts table's order, and written
+    to the calls in their final order (:func:`_read_outputs`).
+
+    ``reader``, another connection to the same file in a read transaction of its own, lets a
+    thread read beside ``conn`` (SQLite and the big copies run without the GIL): the output
+    texts, and with ``same_snapshot`` (the caller knows both transactions see the same commit)
+    ``cost_usd``. Which texts, by rowid and hash, comes from ``conn``'s snapshot; a text row
+    never changes once written (content-addressed, ``INSERT OR IGNORE``) and each batch read is
+    checked against those rowids and hashes, so the outputs are those of ``conn``'s snapshot
+    whichever snapshot ``reader`` has. What the thread could not do is done on ``conn``.
 
     The caller holds the store's lock and a read transaction (one snapshot for all queries).
     Returns None, for the row-wise path, when a value is not of its column's type (a text in an
@@ -63,98 +94,306 @@ def calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    ints = (*_CALLS_INT, "rowid")
-    sql = ", ".join([f"CAST(group_concat(s.{c}, ',') AS BLOB), count(s.{c})" for c in ints] +
-                    [_packed_text_sql("s." + c) for c in _CALLS_TEXT])
-    out = conn.execute(f"SELECT count(*), {sql} FROM spans s WHERE {where}", params).fetchone()
-    if out[0] != n:
-        return None
-    vals = iter(out[1:])
-    cols: dict[str, Any] = {}
-    partial = []  # integer columns with NULLs: their NULL positions are asked for below
-    for c in ints:
-        packed, count = next(vals) or b"", next(vals)
-        # only digits, minus signs and count - 1 commas: no REAL or TEXT value slipped in
-        if packed.translate(None, b"-0123456789,") or packed.count(b",") != max(count - 1, 0):
-            return None
-        v = np.fromstring(packed, dtype=np.int64, sep=",") if count else np.zeros(0, np.int64)
-        if len(v) != count:
-            return None
-        cols[c] = v
-        if count != n:
-            partial.append(c)
-    for c in _CALLS_TEXT:
-        cols[c] = _unpack_text(pa, np, n, next(vals), next(vals))
-    if partial:
-        nulls = ", ".join(f"group_concat(s.{c} IS NULL, '')" for c in partial)
-        rowids, *masks = conn.execute(f"SELECT CAST(group_concat(s.rowid, ',') AS BLOB), {nulls} "
-                                      f"FROM spans s WHERE {where}", params).fetchone()
-        if not np.array_equal(np.fromstring(rowids, dtype=np.int64, sep=","), cols["rowid"]):
-            return None  # not the first scan's row order
-        for c, m in zip(partial, masks):
-            null = np.frombuffer(m.encode(), np.uint8) == ord("1")
-            full = np.zeros(n, np.int64)
-            full[~null] = cols[c]
-            cols[c] = pa.array(full, mask=null)
-    for c in ints:
-        if not isinstance(cols[c], pa.Array):
-            cols[c] = pa.array(cols[c])
-    # REAL: SQLite's text form of a double is not exact, so cost_usd comes through the cursor,
-    # in rowid order (the packed scan's order may differ; its rowids put it right)
+    beside = _Beside(reader)
     try:
-        cost = pa.array([r[0] for r in conn.execute(
+        if same_snapshot:
+            beside.submit("cost", lambda c: _cost_by_rowid(c, where, params))
+
+        # 1. the row order and the output hashes
+        out = conn.execute(f"SELECT count(*), {_packed_int_sql('s.rowid')}, {_packed_int_sql('s.start_ns')}, "
+                           f"{_packed_text_sql('s.output_hash')} FROM spans s WHERE {where}", params).fetchone()
+        n = out[0] if n is None else n
+        rowid = _unpack_int(np, out[1], out[2])
+        start = _unpack_int(np, out[3], out[4])
+        if not n or out[0] != n or rowid is None or start is None or len(rowid) != n:
+            return None
+        cols: dict[str, Any] = {}
+        if len(start) != n:
+            cols["start_ns"] = _with_nulls(conn, where, params, pa, np, rowid, {"start_ns": start})["start_ns"]
+            if cols["start_ns"] is None:
+                return None
+            start = cols["start_ns"].fill_null(0).to_numpy()
+        else:
+            cols["start_ns"] = start
+        order = np.lexsort([rowid, start])
+        ordered = bool((order[1:] > order[:-1]).all())
+        output_hash = _unpack_text(pa, np, n, out[5], out[6])
+        del out
+        if not ordered:
+            output_hash = output_hash.take(pa.array(order))
+
+        # 2. which text each call's output is: every text's hash and rowid (a scan of the hash
+        # index, ~0.1 s for 450k texts), so the outputs are read by rowid, in the table's order,
+        # instead of by a probe of that index each
+        k, hashes, lengths, rowids = conn.execute(
+            f"SELECT count(*), {_packed_text_sql('hash')}, group_concat(rowid, ',') FROM texts").fetchone()
+        all_hashes = _unpack_text(pa, np, k, hashes, lengths)
+        all_rowids = np.fromstring(rowids or "", dtype=np.int64, sep=",") if k else np.zeros(0, np.int64)
+        del hashes, lengths, rowids
+        pos = pc.index_in(output_hash, value_set=all_hashes)
+        del output_hash
+        has_text = pos.is_valid().to_numpy(zero_copy_only=False)
+        pos = pos.fill_null(0).to_numpy()
+        need, first, at = np.unique(all_rowids[pos[has_text]], return_index=True, return_inverse=True)
+        need_hashes = all_hashes.take(pa.array(pos[has_text][first]))
+        del all_hashes, all_rowids, pos, first
+        full_at = np.full(n, -1, np.int64)
+        full_at[has_text] = at
+        idx = pa.array(full_at, mask=~has_text)
+        del at, full_at, has_text
+        read_outputs = lambda c: _read_outputs(c, need, need_hashes, idx)  # noqa: E731
+        beside.submit("output", read_outputs)
+
+        # 3. the other columns
+        ints = (*_CALLS_INT, "rowid")
+        sql = ", ".join([_packed_int_sql("s." + c) for c in ints] + [_packed_text_sql("s." + c) for c in _CALLS_TEXT])
+        out = conn.execute(f"SELECT count(*), {sql} FROM spans s WHERE {where}", params).fetchone()
+        if out[0] != n:
+            return None
+        vals = iter(out[1:])
+        partial = {}  # integer columns with NULLs: their NULL positions are asked for below
+        for c in ints:
+            v = _unpack_int(np, next(vals), next(vals))
+            if v is None:
+                return None
+            cols[c] = v
+            if len(v) != n:
+                partial[c] = v
+        for c in _CALLS_TEXT:
+            cols[c] = _unpack_text(pa, np, n, next(vals), next(vals))
+        del out, vals
+        if not np.array_equal(cols.pop("rowid"), rowid):
+            return None  # not the first scan's row order
+        if partial:
+            cols.update(_with_nulls(conn, where, params, pa, np, rowid, partial))
+            if any(cols[c] is None for c in partial):
+                return None
+        for c in (*_CALLS_INT, "start_ns"):
+            if not isinstance(cols[c], pa.Array):
+                cols[c] = pa.array(cols[c])
+        cost = beside.result("cost", conn, lambda c: _cost_by_rowid(c, where, params))
+        if cost is None or len(cost) != n:
+            return None
+        by_rowid = np.argsort(rowid, kind="stable")
+        cols["cost_usd"] = cost if (by_rowid == np.arange(n)).all() else cost.take(pa.array(np.argsort(by_rowid)))
+        # as SQLite computes it: (end_ns - start_ns) / 1e9, NULL when either is
+        cols["latency_s"] = pc.divide(pc.cast(pc.subtract(cols["end_ns"], cols["start_ns"]), pa.float64()), 1e9)
+        if not ordered:
+            take = pa.array(order)
+            cols = {c: v.take(take) for c, v in cols.items()}
+        cols["output"] = beside.result("output", conn, read_outputs)
+        return cols
+    finally:
+        beside.close()
+
+
+def _cost_by_rowid(conn, where: str, params: list):
+    """cost_usd in rowid order, through the cursor: SQLite's text form of a double is not exact.
+    None when a value is not a number (a text in the REAL column)."""
+    import pyarrow as pa
+
+    try:
+        return pa.array([r[0] for r in conn.execute(
             f"SELECT s.cost_usd FROM spans s WHERE {where} ORDER BY s.rowid", params)], pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a text in the REAL column
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    rowid = cols.pop("rowid").to_numpy()
-    by_rowid = np.argsort(rowid, kind="stable")
-    cols["cost_usd"] = cost if (by_rowid == np.arange(n)).all() else cost.take(pa.array(np.argsort(by_rowid)))
-    # as SQLite computes it: (end_ns - start_ns) / 1e9, NULL when either is
-    cols["latency_s"] = pc.divide(pc.cast(pc.subtract(cols["end_ns"], cols["start_ns"]), pa.float64()), 1e9)
 
-    order = np.lexsort([rowid, pc.fill_null(cols["start_ns"], 0).to_numpy()])
-    if not (order[1:] > order[:-1]).all():
-        idx = pa.array(order)
-        cols = {c: v.take(idx) for c, v in cols.items()}
 
-    # every text's hash and rowid (a scan of the hash index, ~0.1 s for 450k texts), so the
-    # outputs are read by rowid, in the table's order, instead of by a probe of that index each
-    k, hashes, lengths, rowids = conn.execute(
-        f"SELECT count(*), {_packed_text_sql('hash')}, group_concat(rowid, ',') FROM texts").fetchone()
-    all_hashes = _unpack_text(pa, np, k, hashes, lengths)
-    all_rowids = np.fromstring(rowids or "", dtype=np.int64, sep=",") if k else np.zeros(0, np.int64)
-    wanted = pc.unique(cols["output_hash"].drop_null())
-    pos = pc.index_in(wanted, value_set=all_hashes).drop_null().to_numpy()
-    need = np.sort(all_rowids[pos])
-    # a batch at a time, joined into one buffer each: the batch's bytes objects are freed before
-    # the next batch reuses their memory (fresh memory costs ~1 s a GB on this VM the first time)
-    found_hash: list[str] = []
-    chunks = []
+def _with_nulls(conn, where, params, pa, np, rowid, partial: dict) -> dict:
+    """Integer columns that have NULLs, as Arrow arrays with them in place (None for a column
+    when the scan's row order is not ``rowid``'s); ``partial`` maps each to its packed values."""
+    nulls = ", ".join(f"group_concat(s.{c} IS NULL, '')" for c in partial)
+    rowids, *masks = conn.execute(f"SELECT CAST(group_concat(s.rowid, ',') AS BLOB), {nulls} "
+                                  f"FROM spans s WHERE {where}", params).fetchone()
+    if not np.array_equal(np.fromstring(rowids, dtype=np.int64, sep=","), rowid):
+        return dict.fromkeys(partial)  # not the first scan's row order
+    out = {}
+    for (c, values), m in zip(partial.items(), masks):
+        null = np.frombuffer(m.encode(), np.uint8) == ord("1")
+        if len(null) != len(rowid) or int((~null).sum()) != len(values):
+            out[c] = None
+            continue
+        full = np.zeros(len(rowid), np.int64)
+        full[~null] = values
+        out[c] = pa.array(full, mask=null)
+    return out
+
+
+class _Beside:
+    """A thread that runs jobs, one after the other, on another connection (``reader``; None:
+    no thread, every job runs on the caller's connection when its result is asked for)."""
+
+    def __init__(self, reader: sqlite3.Connection | None):
+        self.reader = reader
+        self.jobs: queue.Queue = queue.Queue()
+        self.done: dict[str, tuple[threading.Event, list]] = {}
+        self.thread = None
+        if reader is not None:
+            self.thread = threading.Thread(target=self._run, name="moakit-calls-reader", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            fn, event, box = job
+            try:
+                box.append(fn(self.reader))
+            except Exception:  # noqa: BLE001 -- done again on the caller's connection, which says what is wrong
+                pass
+            finally:
+                event.set()
+
+    def submit(self, name: str, fn) -> None:
+        if self.thread is not None:
+            self.done[name] = (threading.Event(), [])
+            self.jobs.put((fn, *self.done[name]))
+
+    def result(self, name: str, conn, fn):
+        """The job's result; ``fn(conn)`` when it was not run beside or failed there."""
+        if name in self.done:
+            event, box = self.done[name]
+            event.wait()
+            if box:
+                return box[0]
+        return fn(conn)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+            self.thread.join()
+
+
+def _texts(conn, need, hashes):
+    """The texts of rowids ``need`` (sorted), whose hashes must be ``hashes``: one Arrow
+    large_string array per batch of ``_TEXT_BATCH`` rowids, in that order. Raises ValueError
+    when a row read is not the one asked for (another snapshot, a VACUUM since)."""
+    import numpy as np
+    import pyarrow as pa
+
     for i in range(0, len(need), _TEXT_BATCH):
-        rows = conn.execute("SELECT hash, CAST(text AS BLOB) FROM texts WHERE rowid IN "
-                            "(SELECT value FROM json_each(?)) ORDER BY rowid",
-                            (json.dumps(need[i:i + _TEXT_BATCH].tolist()),)).fetchall()
-        found_hash += [r[0] for r in rows]
-        offsets = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum(np.fromiter((len(r[1]) for r in rows), np.int64, len(rows)), out=offsets[1:])
-        chunk = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets),
-                                                 pa.py_buffer(b"".join([r[1] for r in rows])))
-        del rows
-        chunk.validate(full=True)  # UTF-8, as sqlite3 would have decoded it
-        chunks.append(chunk)
-    cols["output"] = _spread(pa, np, chunks, pc.index_in(cols["output_hash"], value_set=pa.array(found_hash, pa.string())))
-    return cols
+        batch = need[i:i + _TEXT_BATCH]
+        m, rowids, nr, hashes_read, hash_lengths, data, lengths = conn.execute(
+            f"SELECT count(*), {_packed_int_sql('rowid')}, {_packed_text_sql('hash')}, {_packed_text_sql('text')} "
+            "FROM texts WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(batch.tolist()),)).fetchone()
+        got = _unpack_int(np, rowids, nr)
+        # the rows asked for, in that order, with the hashes of the calls' snapshot
+        if m != len(batch) or got is None or not np.array_equal(got, batch) or \
+                not _unpack_text(pa, np, m, hashes_read, hash_lengths).equals(hashes.slice(i, m)):
+            raise ValueError("the texts read are not those of the calls' snapshot")
+        del rowids, hashes_read, hash_lengths
+        yield _unpack_text(pa, np, m, data, lengths)
+
+
+def _read_outputs(conn, need, hashes, idx):
+    """The output column: the texts of rowids ``need`` (sorted; their hashes must be
+    ``hashes``) spread to the calls by ``idx`` (an index into ``need``, NULL for no text).
+
+    Written a batch of texts at a time into one growing buffer, in the calls' order, as soon as
+    the texts of the next calls have been read, and each batch dropped after its last call: the
+    distinct texts (0.63 GB for a million calls) are never all held, and the memory they free
+    is that the next outputs are written to. Fresh memory is what this costs most on the VM it
+    was measured on (the host hands out pages the guest has not touched recently at ~2-3 s a GB,
+    against ~0.4 s for pages just freed). Calls that point at texts in no useful order (more runs
+    of consecutive texts than a quarter of the calls) are spread with Arrow's take."""
+    import numpy as np
+    import pyarrow as pa
+
+    n = len(idx)
+    valid = idx.is_valid().to_numpy(zero_copy_only=False)
+    at = idx.fill_null(-1).to_numpy()
+    if not len(need):
+        return pa.nulls(n, pa.large_string())
+    batch = np.where(valid, at // _TEXT_BATCH, -1)
+    # a run: consecutive calls whose texts are consecutive in one batch, or that have none
+    cont = (valid[1:] & valid[:-1] & (at[1:] == at[:-1] + 1) & (batch[1:] == batch[:-1])) | \
+        (~valid[1:] & ~valid[:-1])
+    runs = np.concatenate([[0], np.flatnonzero(~cont) + 1])
+    if len(runs) > n // 4:  # scattered: one copy per call would cost more than the take
+        return _spread(pa, np, list(_texts(conn, need, hashes)), idx)
+    ends = np.append(runs[1:], n)
+    ready = np.maximum.accumulate(batch)  # the calls up to each can be written once that batch is read
+    last = np.full(-(-len(need) // _TEXT_BATCH), -1, np.int64)  # each batch's last call
+    np.maximum.at(last, batch[valid], np.flatnonzero(valid))
+    text_len = np.zeros(len(need), np.int64)
+    offsets = np.zeros(n + 1, np.int64)
+    out = _Growing()
+    held: dict[int, tuple] = {}  # batch -> (its texts' bytes as uint8, their offsets)
+    done = 0  # calls written
+    r = 0  # their runs
+    for k, texts in enumerate(_texts(conn, need, hashes)):
+        text_offsets = np.frombuffer(texts.buffers()[1], np.int64, len(texts) + 1)
+        np.subtract(text_offsets[1:], text_offsets[:-1], out=text_len[k * _TEXT_BATCH:k * _TEXT_BATCH + len(texts)])
+        held[k] = (np.frombuffer(texts.buffers()[2], np.uint8), text_offsets)
+        del texts
+        upto = int(np.searchsorted(ready, k, side="right"))
+        if upto == done:
+            continue
+        lens = np.where(valid[done:upto], text_len[at[done:upto].clip(0)], 0)
+        np.cumsum(lens, out=offsets[done + 1:upto + 1])
+        offsets[done + 1:upto + 1] += offsets[done]
+        data = out.view(int(offsets[upto]))
+        r_end = int(np.searchsorted(runs, upto))
+        for a, b in zip(runs[r:r_end].tolist(), ends[r:r_end].tolist()):
+            if valid[a]:
+                j = int(batch[a])
+                src, src_offsets = held[j]
+                first = int(at[a]) - j * _TEXT_BATCH
+                data[offsets[a]:offsets[b]] = src[src_offsets[first]:src_offsets[first + b - a]]
+        del data
+        for j in [j for j in held if last[j] < upto]:
+            del held[j]
+        done, r = upto, r_end
+    if done != n:
+        raise ValueError("texts missing")  # (every batch read: cannot happen)
+    nulls = int(n - valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), out.finish(int(offsets[n])), bitmap, nulls)
+
+
+class _Growing:
+    """A byte buffer written front to back whose final size is not known in advance: an
+    anonymous memory map, grown by doubling (``mremap``: the pages written stay where they are),
+    and trimmed to size at the end. Pages are only taken from the kernel when written to."""
+
+    def __init__(self):
+        self.map = None
+
+    def view(self, size: int):
+        """A writable uint8 view of at least ``size`` bytes (drop it before the next call)."""
+        import mmap
+
+        import numpy as np
+
+        if self.map is None:
+            self.map = mmap.mmap(-1, max(size, 1 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        elif size > len(self.map):
+            self.map.resize(max(size, 2 * len(self.map)))
+        return np.frombuffer(self.map, np.uint8)
+
+    def finish(self, size: int):
+        """The Arrow buffer of the first ``size`` bytes."""
+        import pyarrow as pa
+
+        if self.map is None or size == 0:
+            return pa.py_buffer(b"")
+        self.map.resize(size)
+        return pa.py_buffer(self.map)
 
 
 def _spread(pa, np, chunks: list, idx):
     """``texts.take(idx)`` (NULL where ``idx`` is) for ``texts`` the concatenation of ``chunks``,
-    built by concatenating slices: calls mostly point at consecutive texts (texts are stored in
-    the order calls are made, and a replayed run repeats its original's outputs in order).
-    Arrow's take grows its output buffer as it goes: 4.1 s instead of 0.25 s for the 1.7 GB of
-    a million calls' outputs in a fresh process, when its memory is first touched."""
+    built by concatenating slices where calls point at consecutive texts, else by Arrow's take
+    (:func:`_read_outputs` uses it for calls whose texts are in no useful order).
+
+    The result is allocated by the C library's allocator, not by Arrow's default (mimalloc),
+    which asks the kernel for transparent huge pages: on the VM this was measured on, memory
+    first touched as huge pages cost ~2.3 s a GB against ~0.4 s a GB as 4 KB pages just freed."""
     n = len(idx)
     if not chunks:
         return pa.nulls(n, pa.large_string())
+    pool = pa.system_memory_pool()
     starts = np.cumsum([0] + [len(c) for c in chunks])
     valid = idx.is_valid().to_numpy(zero_copy_only=False)
     at = idx.fill_null(-1).to_numpy()
@@ -164,11 +403,11 @@ def _spread(pa, np, chunks: list, idx):
         (~valid[1:] & ~valid[:-1])
     run = np.concatenate([[0], np.flatnonzero(~cont) + 1])
     if len(run) > n // 4:  # scattered: one slice per call would cost more than the take
-        return pa.chunked_array(chunks, pa.large_string()).take(idx).combine_chunks()
+        return pa.chunked_array(chunks, pa.large_string()).take(idx).combine_chunks(memory_pool=pool)
     ends = np.append(run[1:], n)
     return pa.concat_arrays([
         chunks[chunk_of[a]].slice(int(at[a] - starts[chunk_of[a]]), int(b - a)) if valid[a]
-        else pa.nulls(int(b - a), pa.large_string()) for a, b in zip(run, ends)])
+        else pa.nulls(int(b - a), pa.large_string()) for a, b in zip(run, ends)], memory_pool=pool)
 
 
 def calls_frame(cols: dict):
