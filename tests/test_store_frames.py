@@ -329,3 +329,34 @@ def test_growing_buffer():
     out = buf.finish(total)
     assert out.size == total and (np.frombuffer(out, np.uint8) == np.arange(total).astype(np.uint8)).all()
     assert columnar._Growing().finish(0).size == 0
+
+
+def test_growing_buffer_taken_from_the_kernel_while_written():
+    """The pages of the estimated capacity are taken by a thread of their own while the buffer
+    is written (and grown past the estimate): nothing written is lost."""
+    pytest.importorskip("pyarrow")
+    step = columnar._Growing._STEP
+    buf = columnar._Growing(64 * step)
+    rng = np.random.default_rng(11)
+    payload = rng.integers(0, 256, 80 * step, dtype=np.uint8)
+    for end in range(step // 2, len(payload) + 1, step // 2):
+        data = buf.view(end)
+        data[end - step // 2:end] = payload[end - step // 2:end]
+        del data
+    out = buf.finish(len(payload))
+    assert (np.frombuffer(out, np.uint8) == payload).all()
+    buf.close()  # (the result's memory stays)
+    assert (np.frombuffer(out, np.uint8) == payload).all()
+    unused = columnar._Growing(8 * step)
+    unused.close()
+    assert unused.map is None and unused.filler is None
+
+
+def test_output_size_estimate(tmp_path):
+    pytest.importorskip("pyarrow")
+    store = _awkward_store(tmp_path)
+    true = store.query("SELECT sum(length(CAST(t.text AS BLOB))) FROM spans s JOIN texts t ON t.hash = s.output_hash "
+                       "WHERE s.kind = 'call'")[0][0]
+    est = columnar._estimate_output_bytes(store.conn, "s.kind = ?", ["call"])
+    assert abs(est - true) < 0.1 * true
+    assert columnar._estimate_output_bytes(TraceStore(tmp_path / "empty.db").conn, "s.kind = ?", ["call"]) == 0
