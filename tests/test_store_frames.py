@@ -229,14 +229,15 @@ def _awkward_store(tmp_path, n=300, seed=8):
     return store
 
 
-@pytest.mark.parametrize("batch", [1, 3, 7, 5_000])
-def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, batch):
+@pytest.mark.parametrize("batch,mapped", [(1, True), (3, True), (7, True), (5_000, True), (7, False)])
+def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, batch, mapped):
     """The output texts are read a batch at a time and written to the calls as soon as their
     texts are in: any batch size gives the row-wise frame, with NULL, missing, empty, repeated
     and non-ASCII outputs, texts in any order, and on the reader thread (not a fallback)."""
     pytest.importorskip("pyarrow")
     store = _awkward_store(tmp_path)
     monkeypatch.setattr(columnar, "_TEXT_BATCH", batch)
+    monkeypatch.setattr(columnar._Growing, "_MAPPED", mapped and columnar._Growing._MAPPED)  # False: no mremap
     beside = []
     real = columnar._read_outputs
     monkeypatch.setattr(columnar, "_read_outputs", lambda conn, *a: beside.append(conn is not store.conn) or real(conn, *a))
@@ -316,8 +317,10 @@ def test_texts_of_another_snapshot_are_refused(tmp_path, monkeypatch):
     assert refused == [True]
 
 
-def test_growing_buffer():
+@pytest.mark.parametrize("mapped", [True, False])  # False: what systems without mremap (macOS) use
+def test_growing_buffer(monkeypatch, mapped):
     pytest.importorskip("pyarrow")
+    monkeypatch.setattr(columnar._Growing, "_MAPPED", mapped and columnar._Growing._MAPPED)
     buf = columnar._Growing()
     total = 0
     for size in (10, 1 << 20, 3 << 20, (3 << 20) + 5, 9 << 20):

@@ -400,13 +400,16 @@ class _Growing:
 
     _POPULATE_WRITE = 23  # MADV_POPULATE_WRITE
     _STEP = 1 << 20
+    # mmap.resize needs mremap, which only Linux has (elsewhere it raises SystemError): other
+    # systems grow a bytearray instead (a copy at each doubling)
+    _MAPPED = sys.platform.startswith("linux")
 
     def __init__(self, capacity: int = 0):
         self.map = None
         self.finished = False
         self.stop = threading.Event()
         self.filler = None
-        if capacity >= self._STEP and sys.platform.startswith("linux"):
+        if capacity >= self._STEP and self._MAPPED:
             import mmap
 
             self.map = mmap.mmap(-1, capacity, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -444,6 +447,12 @@ class _Growing:
 
         import numpy as np
 
+        if not self._MAPPED:
+            if self.map is None:
+                self.map = bytearray(max(size, 1 << 20))
+            elif size > len(self.map):
+                self.map += bytes(max(size, 2 * len(self.map)) - len(self.map))
+            return np.frombuffer(self.map, np.uint8)
         if self.map is None:
             self.map = mmap.mmap(-1, max(size, 1 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         elif size > len(self.map):
@@ -459,15 +468,19 @@ class _Growing:
         if self.map is None or size == 0:
             self.close()
             return pa.py_buffer(b"")
-        self.map.resize(size)
         self.finished = True
+        if not self._MAPPED:
+            return pa.py_buffer(memoryview(self.map)[:size])
+        self.map.resize(size)
         return pa.py_buffer(self.map)
 
     def close(self) -> None:
         """Give the memory back, unless :meth:`finish` made it the result."""
         self._stop_filling()
         if self.map is not None and not self.finished:
-            self.map.close()
+            if self._MAPPED:
+                self.map.close()
+            self.map = None
             self.map = None
 
 
