@@ -360,3 +360,35 @@ def test_output_size_estimate(tmp_path):
     est = columnar._estimate_output_bytes(store.conn, "s.kind = ?", ["call"])
     assert abs(est - true) < 0.1 * true
     assert columnar._estimate_output_bytes(TraceStore(tmp_path / "empty.db").conn, "s.kind = ?", ["call"]) == 0
+
+
+def test_jobs_beside_by_priority_or_by_the_caller():
+    """The reader's thread runs the queued job of lowest priority first; a job it has not
+    started when its result is asked for is run by the caller; a failed one is run again there."""
+    import sqlite3
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    ran = []
+
+    def slow(conn):
+        started.set()
+        release.wait()
+        return "slow"
+
+    def job(name):
+        return lambda conn: ran.append((name, threading.current_thread() is threading.main_thread())) or name
+
+    beside = columnar._Beside(sqlite3.connect(":memory:", check_same_thread=False))
+    beside.submit("slow", slow, priority=0)
+    started.wait()
+    beside.submit("late", job("late"), priority=3)
+    beside.submit("early", job("early"), priority=1)
+    beside.submit("boom", lambda conn: 1 / 0, priority=2)
+    assert beside.result("late", None, job("late")) == "late"  # not started: the caller runs it
+    release.set()
+    assert beside.result("slow", None, job("never")) == "slow"
+    assert beside.result("early", None, job("never")) == "early"
+    assert beside.result("boom", None, job("boom again")) == "boom again"
+    beside.close()
+    assert ran == [("late", True), ("early", False), ("boom again", True)]
