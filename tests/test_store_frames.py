@@ -229,6 +229,16 @@ def _awkward_store(tmp_path, n=300, seed=8):
     return store
 
 
+def _store_thread_slower(monkeypatch, store):
+    """The store's thread packs its columns only after a pause, so that the reader's thread,
+    not the store's, takes the output job (a job not yet started when its result is needed is
+    run by the store's thread, which on these small stores is often first)."""
+    import time
+
+    real = columnar._pack
+    monkeypatch.setattr(columnar, "_pack", lambda conn, *a: (conn is store.conn and time.sleep(0.3)) or real(conn, *a))
+
+
 @pytest.mark.parametrize("batch", [1, 3, 7, 5_000])
 def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, batch):
     """The output texts are read a batch at a time and written to the calls as soon as their
@@ -240,6 +250,7 @@ def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, bat
     beside = []
     real = columnar._read_outputs
     monkeypatch.setattr(columnar, "_read_outputs", lambda conn, *a: beside.append(conn is not store.conn) or real(conn, *a))
+    _store_thread_slower(monkeypatch, store)
     for trace_id in (None, "t3", ["t1", "t2"]):
         old, new = _both(store, trace_id, monkeypatch)
         _same(old, new)
@@ -311,6 +322,7 @@ def test_texts_of_another_snapshot_are_refused(tmp_path, monkeypatch):
             raise
 
     monkeypatch.setattr(columnar, "_texts", texts)
+    _store_thread_slower(monkeypatch, store)
     old, new = _both(store, None, monkeypatch)
     _same(old, new)
     assert refused == [True]
