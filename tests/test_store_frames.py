@@ -229,6 +229,16 @@ def _awkward_store(tmp_path, n=300, seed=8):
     return store
 
 
+def _store_thread_slower(monkeypatch, store):
+    """The store's thread packs its columns only after a pause, so that the reader's thread,
+    not the store's, takes the output job (a job not yet started when its result is needed is
+    run by the store's thread, which on these small stores is often first)."""
+    import time
+
+    real = columnar._pack
+    monkeypatch.setattr(columnar, "_pack", lambda conn, *a: (conn is store.conn and time.sleep(0.3)) or real(conn, *a))
+
+
 @pytest.mark.parametrize("batch,mapped", [(1, True), (3, True), (7, True), (5_000, True), (7, False)])
 def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, batch, mapped):
     """The output texts are read a batch at a time and written to the calls as soon as their
@@ -241,6 +251,7 @@ def test_outputs_written_batch_by_batch_equal_sqlite3(tmp_path, monkeypatch, bat
     beside = []
     real = columnar._read_outputs
     monkeypatch.setattr(columnar, "_read_outputs", lambda conn, *a: beside.append(conn is not store.conn) or real(conn, *a))
+    _store_thread_slower(monkeypatch, store)
     for trace_id in (None, "t3", ["t1", "t2"]):
         old, new = _both(store, trace_id, monkeypatch)
         _same(old, new)
@@ -312,6 +323,7 @@ def test_texts_of_another_snapshot_are_refused(tmp_path, monkeypatch):
             raise
 
     monkeypatch.setattr(columnar, "_texts", texts)
+    _store_thread_slower(monkeypatch, store)
     old, new = _both(store, None, monkeypatch)
     _same(old, new)
     assert refused == [True]
@@ -363,3 +375,35 @@ def test_output_size_estimate(tmp_path):
     est = columnar._estimate_output_bytes(store.conn, "s.kind = ?", ["call"])
     assert abs(est - true) < 0.1 * true
     assert columnar._estimate_output_bytes(TraceStore(tmp_path / "empty.db").conn, "s.kind = ?", ["call"]) == 0
+
+
+def test_jobs_beside_by_priority_or_by_the_caller():
+    """The reader's thread runs the queued job of lowest priority first; a job it has not
+    started when its result is asked for is run by the caller; a failed one is run again there."""
+    import sqlite3
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    ran = []
+
+    def slow(conn):
+        started.set()
+        release.wait()
+        return "slow"
+
+    def job(name):
+        return lambda conn: ran.append((name, threading.current_thread() is threading.main_thread())) or name
+
+    beside = columnar._Beside(sqlite3.connect(":memory:", check_same_thread=False))
+    beside.submit("slow", slow, priority=0)
+    started.wait()
+    beside.submit("late", job("late"), priority=3)
+    beside.submit("early", job("early"), priority=1)
+    beside.submit("boom", lambda conn: 1 / 0, priority=2)
+    assert beside.result("late", None, job("late")) == "late"  # not started: the caller runs it
+    release.set()
+    assert beside.result("slow", None, job("never")) == "slow"
+    assert beside.result("early", None, job("never")) == "early"
+    assert beside.result("boom", None, job("boom again")) == "boom again"
+    beside.close()
+    assert ran == [("late", True), ("early", False), ("boom again", True)]

@@ -7,7 +7,6 @@ object per value, and each distinct output text is read once. The row-wise sqlit
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
 import sys
 import threading
@@ -110,10 +109,10 @@ def calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int | 
     cost_usd = lambda c: _cost_by_rowid(c, where, params)  # noqa: E731
     pack_ids = lambda c: _pack(c, where, params, ("rowid",), _ID_COLUMNS)  # noqa: E731
     try:
-        beside.submit("buffer", output_buffer)
+        beside.submit("buffer", output_buffer, priority=0)
         if same_snapshot:
-            beside.submit("cost", cost_usd)
-            beside.submit("ids", pack_ids)
+            beside.submit("ids", pack_ids, priority=2)
+            beside.submit("cost", cost_usd, priority=3)
             texts = tuple(c for c in _CALLS_TEXT if c not in _ID_COLUMNS)
 
         # 1. the row order and the output hashes
@@ -159,7 +158,7 @@ def calls_columnar(conn: sqlite3.Connection, where: str, params: list, n: int | 
         idx = pa.array(full_at, mask=~has_text)
         del at, full_at, has_text
         read_outputs = lambda c: _read_outputs(c, need, need_hashes, idx, *buffers[:1])  # noqa: E731
-        beside.submit("output", read_outputs)
+        beside.submit("output", read_outputs, priority=1)
 
         # 3. the other columns
         packed = [_pack(conn, where, params, (*_CALLS_INT, "rowid"), texts)]
@@ -253,13 +252,17 @@ def _with_nulls(conn, where, params, pa, np, rowid, partial: dict) -> dict:
 
 
 class _Beside:
-    """A thread that runs jobs, one after the other, on another connection (``reader``; None:
-    no thread, every job runs on the caller's connection when its result is asked for)."""
+    """A thread that runs jobs on another connection (``reader``; None: no thread, every job
+    runs on the caller's connection when its result is asked for), the one submitted with the
+    lowest ``priority`` first. A job the thread has not started when its result is asked for
+    is run by the caller instead of waited for."""
 
     def __init__(self, reader: sqlite3.Connection | None):
         self.reader = reader
-        self.jobs: queue.Queue = queue.Queue()
+        self.lock = threading.Condition()
+        self.queued: dict[str, tuple[int, Any]] = {}  # name -> (priority, fn)
         self.done: dict[str, tuple[threading.Event, list]] = {}
+        self.closed = False
         self.thread = None
         if reader is not None:
             self.thread = threading.Thread(target=self._run, name="moakit-calls-reader", daemon=True)
@@ -267,10 +270,14 @@ class _Beside:
 
     def _run(self) -> None:
         while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            fn, event, box = job
+            with self.lock:
+                while not self.queued and not self.closed:
+                    self.lock.wait()
+                if not self.queued:
+                    return
+                name = min(self.queued, key=lambda k: self.queued[k][0])
+                fn = self.queued.pop(name)[1]
+            event, box = self.done[name]
             try:
                 box.append(fn(self.reader))
             except Exception:  # noqa: BLE001 -- done again on the caller's connection, which says what is wrong
@@ -278,13 +285,19 @@ class _Beside:
             finally:
                 event.set()
 
-    def submit(self, name: str, fn) -> None:
+    def submit(self, name: str, fn, priority: int = 0) -> None:
         if self.thread is not None:
-            self.done[name] = (threading.Event(), [])
-            self.jobs.put((fn, *self.done[name]))
+            with self.lock:
+                self.done[name] = (threading.Event(), [])
+                self.queued[name] = (priority, fn)
+                self.lock.notify()
 
     def result(self, name: str, conn, fn):
-        """The job's result; ``fn(conn)`` when it was not run beside or failed there."""
+        """The job's result; ``fn(conn)`` when it was not run beside (or not yet started
+        there) or failed there."""
+        with self.lock:
+            if self.queued.pop(name, None) is not None:
+                self.done.pop(name)
         if name in self.done:
             event, box = self.done[name]
             event.wait()
@@ -293,8 +306,12 @@ class _Beside:
         return fn(conn)
 
     def close(self) -> None:
+        """Let the running job finish (the others are dropped) and the thread end."""
         if self.thread is not None:
-            self.jobs.put(None)
+            with self.lock:
+                self.queued.clear()
+                self.closed = True
+                self.lock.notify()
             self.thread.join()
 
 
