@@ -375,6 +375,10 @@ def test_output_size_estimate(tmp_path):
     est = columnar._estimate_output_bytes(store.conn, "s.kind = ?", ["call"])
     assert abs(est - true) < 0.1 * true
     assert columnar._estimate_output_bytes(TraceStore(tmp_path / "empty.db").conn, "s.kind = ?", ["call"]) == 0
+    # one huge output counts for 20 typical ones at most (the estimate is memory taken ahead)
+    huge = _texts("y" * 5_000_000)
+    store.write([_row(random.Random(12), 5000, "t1", output_hash=next(iter(huge)))], huge)
+    assert columnar._estimate_output_bytes(store.conn, "s.kind = ?", ["call"]) < 2 * true
 
 
 def test_jobs_beside_by_priority_or_by_the_caller():
