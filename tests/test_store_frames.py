@@ -411,3 +411,25 @@ def test_jobs_beside_by_priority_or_by_the_caller():
     assert beside.result("boom", None, job("boom again")) == "boom again"
     beside.close()
     assert ran == [("late", True), ("early", False), ("boom again", True)]
+
+
+def test_reader_opens_the_stores_file_after_a_chdir(tmp_path, monkeypatch):
+    """The reader's connection opens the file the store has open, not what its (relative) path
+    names from the current directory."""
+    pytest.importorskip("pyarrow")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    store = TraceStore("t.db")
+    rng = random.Random(13)
+    texts = _texts("mine")
+    store.write([_row(rng, i, "t", output_hash=next(iter(texts))) for i in range(30)], texts)
+    monkeypatch.chdir(tmp_path / "b")
+    decoy = TraceStore("t.db")
+    decoy.write([_row(rng, i, "t") for i in range(30)])
+    reader = store._reader()
+    assert reader.execute("SELECT count(*) FROM texts").fetchone()[0] == 1
+    reader.close()
+    old, new = _both(store, None, monkeypatch)
+    _same(old, new)
+    assert set(new["output"]) == {"mine"}

@@ -311,7 +311,11 @@ class TraceStore:
         reads beside ``conn`` (None when it cannot be opened)."""
         reader = None
         try:
-            reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+            # the file this connection has open (self.path may be relative to another directory)
+            file = next((r[2] for r in self.conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+            if not file:
+                return None
+            reader = sqlite3.connect(f"{Path(file).as_uri()}?mode=ro", uri=True, check_same_thread=False,
                                      isolation_level=None, timeout=60)
             reader.execute(f"PRAGMA mmap_size = {_READ_MMAP_SIZE}")
             reader.execute("BEGIN")
