@@ -171,7 +171,7 @@ def retry_after(exc: BaseException) -> float | None:
             return None
 
 
-# keys of a replayed row's attributes JSON, encoded (see Client._replayed_row)
+# keys of a replayed or paid row's attributes JSON, encoded (see Client._request_json)
 _SEED_KEY = f", {_encode_str(A.REQUEST_SEED)}: "
 _REPLAYED_KEY = f", {_encode_str('moakit.replayed_from')}: "
 _RMODEL_KEY = f", {_encode_str(A.RESPONSE_MODEL)}: "
@@ -210,7 +210,7 @@ class Client:
         self._cleaned: dict[str, str] = {}  # short repeated attribute strings -> redacted
         self._lists: list[tuple] = [(None, None), (None, None)]  # last (sources, JSON), (agents, JSON)
         self._parent_ids: tuple = (None, None, None)  # last parent SpanContext and its hex ids
-        self._attr_heads: dict[tuple, str] = {}  # (provider, temperature, max tokens) -> a replayed row's JSON head
+        self._attr_heads: dict[tuple, str] = {}  # (provider, temperature, max tokens) -> a call row's JSON head
         self._piece: tuple = (None, None, "")  # the last sources / agents and their piece of JSON
 
     def _model_sem(self, model: str):
@@ -371,7 +371,7 @@ class Client:
         return parts
 
     def _sources_piece(self, req: CallRequest) -> str:
-        """The sources and agents attributes of a replayed call's JSON (``, "k": "v", "k": "v"``)."""
+        """The sources and agents attributes of a call row's JSON (``, "k": "v", "k": "v"``)."""
         hit = self._piece
         if hit[0] is req.sources and hit[1] is req.source_agents:
             return hit[2]
@@ -379,6 +379,21 @@ class Client:
                  f", {_encode_str(A.INPUT_AGENTS)}: {_encode_str(self._list_json(req.source_agents, 1))}")
         self._piece = (req.sources, req.source_agents, piece)
         return piece
+
+    def _row_texts(self, req: CallRequest, text: str, out_json: str) -> tuple[dict[str, str], str | None, str]:
+        """A call row's texts, as ``span_to_row`` stores them: (texts, input hash or None when
+        prompts are not recorded, output hash). The output is the text itself unless redaction
+        changed its messages JSON (then the text of the redacted JSON)."""
+        texts: dict[str, str] = {}
+        input_hash = None
+        if self.config.record_content:
+            value, input_hash = self._input_text(req.messages)
+            texts[input_hash] = value
+        c = _clean(out_json)
+        out = text if c is out_json or c == out_json else output_text(c)
+        h = text_hash(out)
+        texts[h] = out
+        return texts, input_hash, h
 
     def _replayed_row(self, sink, req: CallRequest, hit, parent) -> CallResult:
         """A call served from the store, written as the row :func:`span_to_row` would make of its
@@ -393,19 +408,10 @@ class Client:
         if usage.get("response_model"):
             parts.append(_RMODEL_KEY + _encode_str(clean(usage["response_model"])))
         parts.append("}")
-        texts: dict[str, str] = {}
         ids = self._parent_ids
         if ids[0] is not parent:  # a layer's calls share their parent (the step span)
             ids = self._parent_ids = (parent, format(parent.trace_id, "032x"), format(parent.span_id, "016x"))
-        input_hash = None
-        if self.config.record_content:
-            value, input_hash = self._input_text(req.messages)
-            texts[input_hash] = value
-        j = _output_messages(text, None)
-        c = _clean(j)
-        out = text if c is j or c == j else output_text(c)  # nothing redacted or replaced: the text itself
-        h = text_hash(out)
-        texts[h] = out
+        texts, input_hash, h = self._row_texts(req, text, _output_messages(text, None))
         # the row's values in SPAN_COLUMNS order (the store takes a list as it is: no dict to map)
         sink.add_row([sid, ids[1], ids[2], f"chat {req.spec.model}", clean("call"), start, time.time_ns(), "UNSET",
                       None, req.step_index, clean(req.step_kind), clean(req.agent), clean(req.spec.model), req.sample,
@@ -478,10 +484,10 @@ class Client:
 
     def _paid_row(self, span: RowSpan, req: CallRequest, attempt: int, text: str, usage, cost, rmodel, reason: str,
                   rid, out_json: str) -> tuple[list, dict[str, str]]:
-        """The row :func:`span_to_row` makes of a paid call's RowSpan once the success attributes
-        are set (usage, finish reason, cached, cost, response model and id, output), built from
-        what ``_start_row`` stored and the pieces a layer shares (as ``_replayed_row`` does);
-        tests/test_replay_rows.py compares it with the SDK path's row."""
+        """The row :func:`span_to_row` would make of a paid call's RowSpan with its first and its
+        success attributes set (usage, finish reason, cached, cost, response model and id,
+        output), built from the request and the pieces a layer shares (as ``_replayed_row``
+        does); tests/test_replay_rows.py compares it with the SDK path's row."""
         clean = self._clean_name
         parts = self._request_json(req)
         parts.append(_FINISH_KEY + "[" + _encode_str(clean(reason)) + "]")
@@ -490,15 +496,7 @@ class Client:
         if rid:
             parts.append(_RID_KEY + _encode_str(_clean(str(rid))))
         parts.append("}")
-        texts: dict[str, str] = {}
-        input_hash = None
-        if self.config.record_content:
-            value, input_hash = self._input_text(req.messages)
-            texts[input_hash] = value
-        c = _clean(out_json)
-        out = text if c is out_json or c == out_json else output_text(c)  # nothing redacted: the text itself
-        h = text_hash(out)
-        texts[h] = out
+        texts, input_hash, h = self._row_texts(req, text, out_json)
         ctx, parent = span.context, span.parent
         return [format(ctx.span_id, "016x"), format(ctx.trace_id, "032x"),
                 None if parent is None else format(parent.span_id, "016x"), span.name, clean("call"),
@@ -551,20 +549,20 @@ class Client:
                 await asyncio.sleep(wait)
                 continue
             reason = finish or "stop"
-            if type(span) is RowSpan and type(reason) is str and isinstance(rmodel, (str, type(None))) \
-                    and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))) \
-                    and span.fill is not None and span.status is _UNSET:
+            # values of the types the row paths store as they are (else the SDK's cleaning, below)
+            plain = type(span) is RowSpan and isinstance(reason, str) and isinstance(rmodel, (str, type(None))) \
+                and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None)))
+            if plain and type(reason) is str and span.fill is not None and span.status is _UNSET:
                 # the row span_to_row would make of the span after the attributes below, built directly
                 out_json = _output_messages(text, finish)
                 span.fill, span.end_time = None, time.time_ns()
                 sink = span._sink
-                sink.add_paid(*self._paid_row(span, req, attempt, text, usage, cost, rmodel, reason, rid, out_json))
+                sink.add_row(*self._paid_row(span, req, attempt, text, usage, cost, rmodel, reason, rid, out_json))
                 await sink.committed()
                 self.paid += 1
                 return CallResult(text=text, span_id=sid, input_tokens=usage[0], output_tokens=usage[1],
                                   cost_usd=cost or 0.0, attempts=attempt)
-            if type(span) is RowSpan and isinstance(reason, str) and isinstance(rmodel, (str, type(None))) \
-                    and type(usage[0]) is int and type(usage[1]) is int and isinstance(cost, (float, type(None))):
+            if plain:
                 # what the SDK path sets, in its order, the strings redacted here (memo of names)
                 if span.fill is not None:
                     span._filled()

@@ -37,14 +37,15 @@ def on_end(self, span):
     if dict(span.attributes or {}).get("moakit.span.kind") == "call":
         seen.append(format(span.context.span_id, "016x"))
 
-_add_paid = exporter.SQLiteSpanProcessor.add_paid
+_add_row = exporter.SQLiteSpanProcessor.add_row
 
-def add_paid(self, row, texts):  # a paid call's row built without a span (Client._paid_row)
-    _add_paid(self, row, texts)
-    seen.append(row[0])
+def add_row(self, row, texts):  # a paid call's row built without a span (Client._paid_row)
+    _add_row(self, row, texts)
+    if isinstance(row, list) and row[4] == "call":
+        seen.append(row[0])
 
 exporter.SQLiteSpanProcessor.on_end = on_end
-exporter.SQLiteSpanProcessor.add_paid = add_paid
+exporter.SQLiteSpanProcessor.add_row = add_row
 get_litellm()  # import before the start line, so the four writers really overlap
 print("READY", flush=True)
 while not os.path.exists(go):

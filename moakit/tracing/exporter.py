@@ -265,14 +265,10 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._queue(row, texts, durable)
 
     def add_row(self, row: dict[str, Any] | list, texts: dict[str, str]) -> None:
-        """Queue a row made without a span (a replayed call, see ``Client._replayed_row``; a dict
-        or a list of values, as :meth:`TraceStore.write` takes): it waits for the next commit
-        like a replayed call's span."""
-        self._queue(row, texts, False)
-
-    def add_paid(self, row: list, texts: dict[str, str]) -> None:
-        """Queue a paid call's row made without ``span_to_row`` (``Client._paid_row``); its
-        client then awaits :meth:`committed`, as for a paid RowSpan (``group``)."""
+        """Queue a row made without a span (a dict or a list of values, as :meth:`TraceStore.write`
+        takes): it waits for the next commit. A replayed call's row (``Client._replayed_row``)
+        may wait; a paid call's (``Client._paid_row``) is then awaited with :meth:`committed`,
+        as for a paid RowSpan (``group``)."""
         self._queue(row, texts, False)
 
     def _queue(self, row: dict[str, Any] | list, texts: dict[str, str], durable: bool) -> None:
@@ -311,9 +307,9 @@ class SQLiteSpanProcessor(SpanProcessor):
                 self._requeue(rows, texts)
                 raise
             try:
-                self._behind = self._writer.submit(self._write_prepared, prepared, rows, texts)
+                self._behind = self._writer.submit(self._write, rows, texts, prepared)
             except RuntimeError:  # the interpreter is shutting down: no new thread work
-                self._write_prepared(prepared, rows, texts)
+                self._write(rows, texts, prepared)
 
     def _wait_behind(self) -> None:
         """Wait for the writer thread's batch; raise its error (its rows are queued again)."""
@@ -321,16 +317,14 @@ class SQLiteSpanProcessor(SpanProcessor):
         if behind is not None:
             behind.result()
 
-    def _write(self, rows: list, texts: dict) -> None:
+    def _write(self, rows: list, texts: dict, prepared=None) -> None:
+        """Commit ``rows`` (their statements ``prepared`` already, if given); on failure they go
+        back to the front of the queue."""
         try:
-            self.store.write(rows, texts)
-        except BaseException:
-            self._requeue(rows, texts)
-            raise
-
-    def _write_prepared(self, prepared, rows: list, texts: dict) -> None:
-        try:
-            self.store.write_prepared(prepared)
+            if prepared is None:
+                self.store.write(rows, texts)
+            else:
+                self.store.write_prepared(prepared)
         except BaseException:
             self._requeue(rows, texts)
             raise

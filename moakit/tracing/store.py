@@ -32,13 +32,13 @@ SPAN_COLUMNS = (
 )
 _INSERT_SPAN = f"INSERT OR REPLACE INTO spans ({', '.join(SPAN_COLUMNS)}) VALUES ({', '.join('?' * len(SPAN_COLUMNS))})"
 _INSERT_TEXT = "INSERT OR IGNORE INTO texts (hash, text) VALUES (?, ?)"
-# recorded calls' answers, by span id or with their run's other calls (TraceStore.lookup_many), as
-# one JSON array: a single step, so the GIL is given up once per query and not once per row (a
-# writer thread waiting for it would take it at each row, see SQLiteSpanProcessor._write_behind)
-_LOOKUP = ("SELECT json_group_array(json_array(s.span_id, s.input_tokens, s.output_tokens, s.model, t.text, "
-           "json_extract(s.attributes, '$.\"gen_ai.response.model\"'))) "
+# recorded calls' answers, by span id or with their run's other calls (TraceStore.lookup_many)
+_LOOKUP = ("SELECT s.span_id, s.input_tokens, s.output_tokens, s.model, t.text, "
+           "json_extract(s.attributes, '$.\"gen_ai.response.model\"') "
            "FROM spans s JOIN texts t ON t.hash = s.output_hash WHERE ")
-_SPAN_ROW = "(" + ", ".join("?" * len(SPAN_COLUMNS)) + ")"
+# the inserts' heads and row placeholders, for statements of many rows (prepare_write, bulk=True)
+_BULK_INSERTS = ((_INSERT_TEXT.split("VALUES")[0] + "VALUES ", "(?, ?)"),
+                 (_INSERT_SPAN.split("VALUES")[0] + "VALUES ", "(" + ", ".join("?" * len(SPAN_COLUMNS)) + ")"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -164,9 +164,7 @@ class TraceStore:
         limit = self._max_params
         statements = []
         items = list(texts.items()) if texts else []
-        for head, tpl, width, values in ((_INSERT_TEXT.split("VALUES")[0] + "VALUES ", "(?, ?)", 2, items),
-                                         (_INSERT_SPAN.split("VALUES")[0] + "VALUES ", _SPAN_ROW, len(SPAN_COLUMNS),
-                                          params)):
+        for (head, tpl), width, values in zip(_BULK_INSERTS, (2, len(SPAN_COLUMNS)), (items, params)):
             per = max(1, limit // width)
             for i in range(0, len(values), per):
                 chunk = values[i:i + per]
@@ -533,8 +531,7 @@ class TraceStore:
         rows: list = []
         for i in range(0, len(values), 500):
             chunk = values[i:i + 500]
-            (packed,) = self.conn.execute(_LOOKUP + f"{where} IN ({','.join('?' * len(chunk))})", chunk).fetchone()
-            rows += json.loads(packed)
+            rows += self.conn.execute(_LOOKUP + f"{where} IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         return rows
 
     def recorded_agents(self) -> dict[str, str]:
