@@ -7,7 +7,8 @@ AlpacaEval answers (each made unique) as outputs, and each synthesizer / aggrega
 previous layer's answers, so six calls share one long input. Every original run is followed by
 two counterfactual variants (Shuffle before Aggregate) that replay the 18 upstream calls
 (cached spans pointing at the same texts) and pay for a new aggregation. A call's parent is its
-step's span (shared by the step's calls, as in a real trace). Rows carry the
+step's span (shared by the step's calls, as in a real trace). Span ids come from moakit's own
+generator (sequential per process, random start), trace ids are random. Rows carry the
 attributes a real call span carries (GenAI semconv names, sources, seed, ...)."""
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Workload:
         return format(self.rng.getrandbits(bits), f"0{bits // 4}x")
 
     def experiment(self, rows: list, texts: dict) -> None:
+        from moakit.tracing.ids import span_id_hex
         from moakit.tracing.store import text_hash
 
         rng = self.rng
@@ -66,7 +68,7 @@ class Workload:
         q_hash = put(_messages(None, q))
         for variant in range(3):
             trace = self._id(128)
-            step_ids = [self._id(64) for _ in range(4)]  # a call's parent is its step's span: 6 calls share one
+            step_ids = [span_id_hex() for _ in range(4)]  # a call's parent is its step's span: 6 calls share one
             layer_outs: dict[int, list[tuple[str, str]]] = {}
             for k, (step, layer) in enumerate(LAYOUT):
                 agent = AGENTS[k % 6] if step != "Aggregate" else "qwen1.5-110b-chat"
@@ -89,7 +91,7 @@ class Workload:
                     out_text = f"({self.n_exp}.{variant}.{k}) {a}"
                     out_hash, out_len = put(out_text), len(out_text.encode())
                     sources = [sid for sid, _ in shown]
-                span_id = self._id(64)
+                span_id = span_id_hex()  # moakit's own ids (sequential per process, tracing/ids.py)
                 start = self.t_ns
                 self.t_ns += rng.randrange(200_000_000, 4_000_000_000)
                 attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "together_ai",

@@ -24,6 +24,7 @@ from .models import ModelSpec
 from .tracing import attributes as A
 from .tracing.exporter import (_LONE_SURROGATE, _UNSET, RowSpan, SQLiteSpanProcessor, _clean, _clean_id, _dumps, output_text,
                                span_processors)
+from .tracing.ids import span_id_hex
 from .tracing.redact import redact
 from .tracing.store import text_hash
 
@@ -400,7 +401,7 @@ class Client:
         span (same columns, attributes, redaction and hashes), without the OpenTelemetry SDK."""
         span_id_src, text, usage = hit
         start = time.time_ns()
-        sid = format(random.getrandbits(64) or 1, "016x")
+        sid = span_id_hex()
         inp, outp = usage.get("input_tokens") or 0, usage.get("output_tokens") or 0
         clean = self._clean_name
         parts = self._request_json(req)

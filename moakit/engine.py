@@ -61,7 +61,11 @@ def tracer_for(store: TraceStore):
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
 
-            provider = TracerProvider(resource=Resource.create({"service.name": "moakit"}))
+            from .tracing.ids import MoakitIdGenerator
+
+            # span ids sequential per process (see tracing/ids.py): rows append to the store's indexes
+            provider = TracerProvider(resource=Resource.create({"service.name": "moakit"}),
+                                      id_generator=MoakitIdGenerator())
             provider.add_span_processor(SQLiteSpanProcessor(store))
             entry = (store, provider.get_tracer("moakit"))
             _providers[id(store)] = entry

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import random
 import re
 import threading
 import time
@@ -22,6 +21,7 @@ from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
 from . import attributes as A
 from . import redact as _redact
+from .ids import new_span_id, new_trace_id
 from .redact import redact
 from .store import TraceStore, text_hash
 
@@ -136,7 +136,7 @@ class RowSpan:
     """A span recorded without the OpenTelemetry SDK, for a tracer whose only span processor is
     the store's (see ``Client._row_sink``): the engine's run and step spans then cost a row, not
     an SDK span. It offers what moakit calls on a span and what :func:`span_to_row` and
-    :meth:`SQLiteSpanProcessor.on_end` read, with the SDK's semantics (random 64/128-bit ids, a
+    :meth:`SQLiteSpanProcessor.on_end` read, with the SDK's semantics (ids from :mod:`.ids`, a
     child inherits its parent's trace, values cleaned by the SDK's own function, setting a key
     again moves it last, an OK status is final and UNSET is ignored, nothing changes once
     ended), so its row is the row the SDK span would have made (tests/test_replay_rows.py)."""
@@ -146,15 +146,8 @@ class RowSpan:
 
     def __init__(self, sink: "SQLiteSpanProcessor", name: str, parent: SpanContext | None = None,
                  attributes: dict[str, Any] | None = None):
-        span_id = random.getrandbits(64)
-        while not span_id:
-            span_id = random.getrandbits(64)
-        if parent is None:
-            trace_id = random.getrandbits(128)
-            while not trace_id:
-                trace_id = random.getrandbits(128)
-        else:
-            trace_id = parent.trace_id
+        span_id = new_span_id()
+        trace_id = new_trace_id() if parent is None else parent.trace_id
         self.name = name
         self.context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
         self.parent = parent

@@ -19,13 +19,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import MoakitError
 from . import attributes as A
+from .ids import span_id_hex, trace_id_hex
 from .keys import request_hash, request_key
 from .redact import redact
 from .store import TraceStore, text_hash
@@ -106,8 +106,8 @@ def import_outputs(store: TraceStore, path: str | os.PathLike, agent: str | None
         raise TraceIOError(f"{path} holds an empty list: nothing to import")
 
     now = time.time_ns()
-    trace_id = secrets.token_hex(16)
-    import_span = secrets.token_hex(8)
+    trace_id = trace_id_hex()
+    import_span = span_id_hex()
     known = store.cache_index()
     texts: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
@@ -143,7 +143,7 @@ def import_outputs(store: TraceStore, path: str | os.PathLike, agent: str | None
         if isinstance(r.get("dataset"), str):
             attrs["moakit.import.dataset"] = r["dataset"]
         rows.append({
-            "span_id": secrets.token_hex(8), "trace_id": trace_id, "parent_id": import_span,
+            "span_id": span_id_hex(), "trace_id": trace_id, "parent_id": import_span,
             "name": f"chat {mstr}", "kind": "call", "start_ns": now, "end_ns": now, "status": "OK",
             "step_index": 0, "step": "Propose", "agent": name, "model": mstr, "sample": 0,
             "request_key": key, "input_hash": in_hash, "output_hash": out_hash, "cached": 0,

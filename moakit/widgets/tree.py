@@ -105,8 +105,8 @@ def _labels_by_span(calls) -> dict[str, str]:
 def step_action(step: dict, labels: dict[str, str]) -> str:
     """One line saying what a step did, in the reader's terms (agents, not span ids)."""
     kind = step["step"]
-    ins = [labels.get(s, s[:8]) for s in (step.get("responses_in") or [])]
-    outs = [labels.get(s, s[:8]) for s in (step.get("responses_out") or [])]
+    ins = [labels.get(s, s[-8:]) for s in (step.get("responses_in") or [])]
+    outs = [labels.get(s, s[-8:]) for s in (step.get("responses_out") or [])]
     perm, kept, choice = step.get("permutation"), step.get("kept"), step.get("rank_choice")
     if kind == "Shuffle" and isinstance(perm, list):
         order = ", ".join(f"{i + 1}. {ins[p] if p < len(ins) else p}" for i, p in enumerate(perm))
