@@ -310,8 +310,12 @@ def test_store_pragmas(recorded):
     n_texts = store.query("SELECT count(*) FROM texts")[0][0]
     n_refs = store.query("SELECT count(input_hash) + count(output_hash) FROM spans")[0][0]
     assert n_texts < n_refs, "repeated texts (the shared query, replayed outputs) are stored once"
-    plan = store.query("EXPLAIN QUERY PLAN SELECT * FROM spans WHERE request_key = ?", ("x",))
-    assert any("spans_request_key" in str(p) for p in plan)
+    # the paid call behind a request key is an index look-up (replayed copies are not indexed)
+    plan = store.query("EXPLAIN QUERY PLAN SELECT * FROM spans WHERE request_key = ? AND cached = 0", ("x",))
+    assert any("spans_paid_request_key" in str(p) for p in plan)
+    key, n_paid = store.query("SELECT request_key, count(*) FROM spans WHERE request_key IS NOT NULL AND cached = 0 "
+                              "GROUP BY request_key LIMIT 1")[0]
+    assert store.query("SELECT count(*) FROM spans WHERE request_key = ? AND cached = 0", (key,))[0][0] == n_paid >= 1
 
 
 # ---- CLI ----------------------------------------------------------------------------------

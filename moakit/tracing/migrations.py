@@ -111,3 +111,15 @@ def m004_kind_indexes_for_runs_and_steps_only(conn):
     conn.execute("DROP INDEX IF EXISTS spans_kind_trace")
     conn.execute("CREATE INDEX spans_run ON spans(trace_id) WHERE kind = 'run'")
     conn.execute("CREATE INDEX spans_step ON spans(trace_id) WHERE kind = 'step'")
+
+
+@migration
+def m005_request_key_index_for_paid_calls_only(conn):
+    # Replay finds recorded answers through TraceStore.cache_index (one scan into a dict), not
+    # through this index; it serves people's own look-ups ("which call answered this request").
+    # A replayed call repeats the key of the paid call it was served from (two thirds of the rows
+    # of a Shuffle ablation), and each key is a random place in the index: at a million calls
+    # the full index cost ~20% of ingest. Keyed look-ups of the paid (recorded) call stay
+    # indexed: `WHERE request_key = ? AND cached = 0`.
+    conn.execute("DROP INDEX IF EXISTS spans_request_key")
+    conn.execute("CREATE INDEX spans_paid_request_key ON spans(request_key) WHERE cached = 0 AND request_key IS NOT NULL")
