@@ -65,6 +65,55 @@ def machine() -> dict:
     return info
 
 
+def speed_probe() -> dict:
+    """How fast this machine is right now, on fixed work (medians of 5): a pure-Python loop, a
+    SQLite insert of 50,000 indexed rows in memory, and the first write to 256 MB of fresh
+    memory. The VMs these figures come from have differed by 2-3x from one day to the next:
+    compare figures from different runs through these, and comparisons only within a run."""
+    import mmap
+    import random as _random
+    import statistics
+
+    def loop():
+        s = 0
+        for i in range(2_000_000):
+            s += i & 7
+        return s
+
+    rows = [(_random.getrandbits(63), _random.random(), "x" * 40) for _ in range(50_000)]
+
+    def sqlite_insert():
+        c = sqlite3.connect(":memory:")
+        c.execute("CREATE TABLE t (k INTEGER, v REAL, s TEXT)")
+        c.execute("CREATE INDEX t_k ON t(k)")
+        c.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+        c.close()
+
+    def fresh_memory():
+        size = 256 << 20
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        t0 = time.perf_counter()
+        for i in range(0, size, 4096):
+            m[i] = 1
+        dt = time.perf_counter() - t0
+        m.close()
+        return dt * (1 << 30) / size
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return {"python_loop_s": statistics.median(timed(loop) for _ in range(5)),
+            "sqlite_50k_insert_s": statistics.median(timed(sqlite_insert) for _ in range(5)),
+            "fresh_memory_s_per_gb": statistics.median(fresh_memory() for _ in range(5))}
+
+
+def _speed_text(p: dict) -> str:
+    return (f"Python loop {p['python_loop_s']:.3f} s, SQLite 50k-row insert {p['sqlite_50k_insert_s']:.3f} s, "
+            f"fresh memory {p['fresh_memory_s_per_gb']:.2f} s/GB")
+
+
 def load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -144,6 +193,9 @@ def markdown(results: list[CaseResult], info: dict, mode: str, started: str, loa
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after} (a load above about 1 means "
         "other processes shared the cores; single figures are then noisy, while the alternating pairs keep the "
         "comparisons fair and the medians keep outliers out).",
+        *([f"- speed probe (fixed work, medians of 5; `benchmarks.run.speed_probe`), before: "
+           f"{_speed_text(info['speed'][0])}; after: {_speed_text(info['speed'][1])}. Absolute figures scale "
+           "with these: compare runs through them."] if info.get("speed") else []),
         "",
         "## Figures",
         "",
@@ -195,10 +247,14 @@ def main(argv=None) -> int:
         ap.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_before = load()
+    speed_before = None if quick else speed_probe()
     t0 = time.perf_counter()
     results = run_cases(names, quick)
     total = time.perf_counter() - t0
     info = machine()
+    if speed_before is not None:
+        info["speed"] = [speed_before, speed_probe()]
+        print(f"speed probe before: {_speed_text(speed_before)}\nspeed probe after:  {_speed_text(info['speed'][1])}")
     print()
     print(text_table(results))
     output = a.output or (None if quick else str(ROOT / "BENCHMARKS.md"))
