@@ -70,6 +70,38 @@ def test_a_forked_child_starts_a_sequence_of_its_own():
     assert [(b - a) % 2 ** 64 for a, b in zip(child, child[1:])] == [1, 1]
 
 
+def test_ids_do_not_follow_the_random_module():
+    """random.seed() (a notebook's reproducibility habit; Hypothesis does it for each example)
+    must not repeat ids."""
+    import random
+
+    random.seed(42)
+    a = (ids.new_trace_id(), ids.new_span_id())
+    random.seed(42)
+    b = (ids.new_trace_id(), ids.new_span_id())
+    assert a[0] != b[0] and a[1] != b[1]
+
+
+def test_runs_after_the_same_random_seed_keep_their_own_spans(tmp_path):
+    """Before moakit had its own ids, two runs each started after random.seed(42) got the same
+    trace id and span ids, and the second run's rows replaced the first's (24 spans of 48 kept)."""
+    import random
+
+    agents = [a for s in together_moa for a in s.agents]
+    store = TraceStore(tmp_path / "t.db")
+    with StubServer(latency=0.0) as s:
+        models = {a: s.model(a) for a in agents}
+        runs = []
+        for q in ("Name a river.", "Name a mountain."):
+            random.seed(42)
+            runs.append(moakit.run(together_moa, q, models=models, seed=1, store=store))
+    assert all(r.ok for r in runs) and runs[0].trace_id != runs[1].trace_id
+    per_run = 1 + len(together_moa) + 19
+    assert store.query("SELECT count(*) FROM spans")[0][0] == 2 * per_run
+    assert [len(store.calls(r.trace_id)) for r in runs] == [19, 19]
+    store.close()
+
+
 def test_trace_ids_are_random():
     t = [ids.new_trace_id() for _ in range(50)]
     assert len({format(x, "032x")[:8] for x in t}) == 50  # prefixes tell runs apart

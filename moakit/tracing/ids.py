@@ -1,9 +1,13 @@
 """Trace and span ids for every span moakit records (OpenTelemetry SDK spans, the engine's and
 the client's row spans, imported outputs).
 
-Trace ids are random 128-bit numbers, as the SDK's ``RandomIdGenerator`` makes them: a trace id
-is shown and typed by its prefix (``result.trace_id[:8]``, ``moakit show 3f2a9c1b``), so its first
-digits must tell runs apart.
+Trace ids are random 128-bit numbers: a trace id is shown and typed by its prefix
+(``result.trace_id[:8]``, ``moakit show 3f2a9c1b``), so its first digits must tell runs apart. They
+come from a generator of moakit's own, seeded by the operating system, not from the ``random``
+module that the SDK's ``RandomIdGenerator`` uses: a notebook that calls ``random.seed(42)`` before
+each run for reproducibility (or Hypothesis, which does so for each example) would otherwise give
+every run the same trace id, and with random span ids the same span ids too, so that a run's rows
+replaced the previous run's in the store.
 
 Span ids are **sequential from a random 64-bit start**, one sequence per process. The store
 indexes span ids (its primary key) and parent ids; a random id is an insert at a random place in
@@ -28,10 +32,15 @@ _MASK64 = (1 << 64) - 1
 _next_span: "itertools.count[int]"
 
 
+_trace_random = random.Random()  # seeded from os.urandom; random.seed() does not reach it
+
+
 def _restart() -> None:
-    """A new sequence from a random start (at import, and in a forked child)."""
+    """A new sequence from a random start, and a freshly seeded trace-id generator (at import,
+    and in a forked child, which would otherwise repeat its parent's ids)."""
     global _next_span
     _next_span = itertools.count(int.from_bytes(os.urandom(8), "big"))
+    _trace_random.seed()
 
 
 _restart()
@@ -46,8 +55,8 @@ def new_span_id() -> int:
 
 
 def new_trace_id() -> int:
-    """A random, non-zero 128-bit trace id."""
-    return random.getrandbits(128) or 1
+    """A random, non-zero 128-bit trace id (whatever the ``random`` module was seeded with)."""
+    return _trace_random.getrandbits(128) or 1
 
 
 def span_id_hex() -> str:
