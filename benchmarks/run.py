@@ -182,7 +182,7 @@ def markdown(results: list[CaseResult], info: dict, mode: str, started: str, loa
         "The peer is mixture-llm (same stub server, same litellm path, same prompts) except in B6, where it "
         "is llama-cpp-python called directly.",
         "",
-        "Rerun: `pip install -e .[dev]` then `python -m benchmarks.run --full` (about 6 minutes; writes this "
+        "Rerun: `pip install -e .[dev]` then `python -m benchmarks.run --full` (6-12 minutes; writes this "
         "file) or `python -m benchmarks.run --quick` (CI smoke test, no file). One case: `--only B4`.",
         "",
         "## Machine",
