@@ -148,7 +148,9 @@ def _open(browser, lab, name):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{base}/lab/tree/{name}?token={token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    # the visible one: JupyterLab may restore the module's earlier notebook in a hidden tab, whose
+    # indicator comes first in the page (a clean-clone run waited 120 s on that hidden one)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']:visible", timeout=120_000)
     return page
 
 
