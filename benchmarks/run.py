@@ -72,7 +72,8 @@ def speed_probe() -> dict:
     compare figures from different runs through these, and comparisons only within a run."""
     import mmap
     import random as _random
-    import statistics
+
+    from .common import alternate, median
 
     def loop():
         s = 0
@@ -99,14 +100,9 @@ def speed_probe() -> dict:
         m.close()
         return dt * (1 << 30) / size
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    return {"python_loop_s": statistics.median(timed(loop) for _ in range(5)),
-            "sqlite_50k_insert_s": statistics.median(timed(sqlite_insert) for _ in range(5)),
-            "fresh_memory_s_per_gb": statistics.median(fresh_memory() for _ in range(5))}
+    loop_s, sqlite_s = alternate([lambda i: loop(), lambda i: sqlite_insert()], pairs=5, warmup=0)
+    return {"python_loop_s": median(loop_s), "sqlite_50k_insert_s": median(sqlite_s),
+            "fresh_memory_s_per_gb": median([fresh_memory() for _ in range(5)])}
 
 
 def _speed_text(p: dict) -> str:

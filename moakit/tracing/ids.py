@@ -29,9 +29,7 @@ import random
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 _MASK64 = (1 << 64) - 1
-_next_span: "itertools.count[int]"
-
-
+_next_span: "itertools.count[int]"  # set by _restart
 _trace_random = random.Random()  # seeded from os.urandom; random.seed() does not reach it
 
 
