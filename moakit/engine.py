@@ -32,7 +32,7 @@ from .result import Result
 from .tracing import attributes as A
 from .tracing.keys import derived_seed, messages_json, request_hash, request_key
 from .tracing.exporter import _LONE_SURROGATE, RowSpan, SQLiteSpanProcessor, span_processors
-from .tracing.store import TraceStore
+from .tracing.store import TraceStore, open_store
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,17 @@ class RunFailed(MoakitError):
 
 
 # ---- tracer per store: a private TracerProvider, never the global one --------------------
-_providers: dict[int, Any] = {}
 _providers_lock = threading.Lock()
 
 
 def tracer_for(store: TraceStore):
+    """The store's tracer, made once per store and kept on it (``store.tracer``): it lives and
+    dies with the store, so a loop of runs adds no provider (the provider is not registered for
+    shutdown at exit, which would keep it and its store alive forever; the store's rows are
+    flushed at exit by the processor's own hook)."""
     with _providers_lock:
-        entry = _providers.get(id(store))
-        if entry is None or entry[0] is not store:
+        tracer = getattr(store, "tracer", None)
+        if tracer is None:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
 
@@ -65,11 +68,10 @@ def tracer_for(store: TraceStore):
 
             # span ids sequential per process (see tracing/ids.py): rows append to the store's indexes
             provider = TracerProvider(resource=Resource.create({"service.name": "moakit"}),
-                                      id_generator=MoakitIdGenerator())
+                                      id_generator=MoakitIdGenerator(), shutdown_on_exit=False)
             provider.add_span_processor(SQLiteSpanProcessor(store))
-            entry = (store, provider.get_tracer("moakit"))
-            _providers[id(store)] = entry
-        return entry[1]
+            tracer = store.tracer = provider.get_tracer("moakit")
+        return tracer
 
 
 def flush_pending(tracer) -> None:
@@ -86,14 +88,6 @@ def flush_pending(tracer) -> None:
                 # keep the run's own error (the rows stay queued for the next commit) and say
                 # that the trace write failed too, instead of hiding the first error behind it
                 in_flight.add_note(f"moakit: writing the waiting trace rows also failed: {type(e).__name__}: {e}")
-
-
-def open_store(store: Any) -> TraceStore:
-    if isinstance(store, TraceStore):
-        return store
-    if store is not None and not isinstance(store, (str, os.PathLike)):
-        raise PipelineError(f"store must be a TraceStore, a path or None, got {type(store).__name__}")
-    return TraceStore(store)
 
 
 def normalize_query(query: Any) -> list[dict]:
@@ -453,9 +447,7 @@ def _open_cache(cache, store: TraceStore) -> TraceStore | None:
         return None
     if cache is True:
         return store
-    if isinstance(cache, TraceStore):
-        return cache
-    return TraceStore(cache, create=False)
+    return open_store(cache, create=False)
 
 
 def make_client(store, cache, offline, max_concurrency, per_model_concurrency, client_config, record_content=True):
@@ -495,17 +487,61 @@ async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, 
         flush_pending(tracer)
 
 
-def run_sync(coro):
-    """Run a coroutine to completion, also from inside a running loop (Jupyter): then it runs
-    on a worker thread with its own loop and this call waits for it."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_thread: threading.Thread | None = None
+_loop_lock = threading.Lock()
 
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="moakit") as ex:
-        return ex.submit(asyncio.run, coro).result()
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop on which moakit's synchronous calls (``run``, ``run_batch``, ``replay``)
+    run, on a daemon thread of its own, made on first use and kept for the process.
+
+    One loop for every run, not a new one per call: the HTTP clients that litellm keeps are
+    tied to the loop they were made on, so a loop per run left one open socket per run behind
+    (a notebook looping over ``moakit.run`` ran out of descriptors), and their connection pools
+    are reused across runs. A forked child makes a loop of its own."""
+    global _loop, _loop_thread
+    with _loop_lock:
+        if _loop is None or _loop.is_closed() or _loop_thread is None or not _loop_thread.is_alive():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="moakit-loop", daemon=True)
+            thread.start()
+            _loop, _loop_thread = loop, thread
+        return _loop
+
+
+def _forget_loop() -> None:  # in a forked child the parent's loop thread does not exist
+    global _loop, _loop_thread
+    _loop = _loop_thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_loop)
+
+
+def run_sync(coro):
+    """Run a coroutine to completion on moakit's background loop and return its result, from
+    plain Python or from inside a running loop (Jupyter). Called on that loop's own thread (a
+    scorer that runs a pipeline inside a run), it runs on a fresh loop in a worker thread
+    instead: waiting for its own loop would never return. An interrupt (Ctrl-C, a notebook's
+    stop button) cancels the run; the calls it paid for are already recorded."""
+    loop = background_loop()
+    if threading.current_thread() is _loop_thread:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="moakit") as ex:
+            return ex.submit(asyncio.run, coro).result()
+    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return fut.result()
+    except BaseException:
+        if not fut.done():
+            fut.cancel()
+            try:
+                fut.result(timeout=30)  # let the run's cleanup (its trace rows) finish
+            except BaseException:  # noqa: BLE001 - the interrupt below is what the caller sees
+                pass
+        raise
 
 
 def run(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -96,6 +97,8 @@ class TraceStore:
         except TraceFileError:
             self.conn.close()
             raise
+        self.closed = False
+        self.tracer = None  # the tracer whose spans are written here (made by moakit.engine.tracer_for)
         self._cache_index: dict[str, tuple[str, str, str]] | None = None
         self._trace_calls: dict[str, int] = {}  # trace id -> calls in the cache index
         self._replay_rows: dict[str, tuple] = {}  # span id -> its _LOOKUP row (see lookup_many)
@@ -132,6 +135,7 @@ class TraceStore:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+            self.closed = True
 
     def __repr__(self) -> str:
         return f"TraceStore({str(self.path)!r})"
@@ -560,6 +564,34 @@ class TraceStore:
         from .io import export
 
         return export(self, path_or_endpoint, format=format, **kwargs)
+
+
+# one TraceStore per trace file per process for the stores that moakit opens itself (a run
+# with store=None or a path): a loop of runs shares one connection instead of opening one per
+# run. Weak values: a store nobody uses any more (no Result, widget or caller holds it) is
+# collected and its connection closed.
+_open_stores: "weakref.WeakValueDictionary[str, TraceStore]" = weakref.WeakValueDictionary()
+_open_stores_lock = threading.Lock()
+
+
+def open_store(store: Any = None, *, create: bool = True) -> TraceStore:
+    """The process's shared :class:`TraceStore` for ``store`` (a path, or None for the default
+    file); a :class:`TraceStore` is returned as it is. Opening the same file again returns the
+    same object, so code that runs in a loop never accumulates connections."""
+    if isinstance(store, TraceStore):
+        return store
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        from ..errors import PipelineError
+
+        raise PipelineError(f"store must be a TraceStore, a path or None, got {type(store).__name__}")
+    path = Path(store) if store is not None else default_path()
+    key = os.path.realpath(path)
+    with _open_stores_lock:
+        st = _open_stores.get(key)
+        if st is None or st.closed:
+            st = TraceStore(path, create=create)
+            _open_stores[key] = st
+        return st
 
 
 @contextlib.contextmanager
