@@ -89,7 +89,9 @@ class Rate:
 
 @dataclass
 class CaseResult:
-    case: Case
+    analysis: str
+    name: str
+    truth: str
     datasets: int
     seconds: float
     rates: list[Rate]
@@ -125,4 +127,4 @@ def run_case(case: Case, n: int, seed: int = 0) -> CaseResult:
     for k, v in covered.items():
         rates.append(Rate(k, "coverage", sum(v), len(v), COVERAGE_GOAL))
     means = {k: float(np.nanmean(v)) for k, v in extra.items()}
-    return CaseResult(case, n, time.perf_counter() - t0, rates, means)
+    return CaseResult(case.analysis, case.name, case.truth, n, time.perf_counter() - t0, rates, means)

@@ -53,8 +53,7 @@ def _commit() -> str:
 
 
 def to_json(res: core.CaseResult, commit: str) -> dict:
-    c = res.case
-    return {"analysis": c.analysis, "case": c.name, "truth": c.truth, "datasets": res.datasets,
+    return {"analysis": res.analysis, "case": res.name, "truth": res.truth, "datasets": res.datasets,
             "seconds": round(res.seconds, 1), "commit": commit,
             "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}",
             "rates": [{"name": r.name, "kind": r.kind, "k": r.k, "n": r.n, "goal": r.goal} for r in res.rates],
@@ -128,20 +127,20 @@ def main(argv=None) -> int:
         with concurrent.futures.ProcessPoolExecutor(args.jobs) as ex:
             for res in ex.map(_one, jobs):
                 results.append(res)
-                print(f"{res.case.analysis}/{res.case.name}: {res.datasets} datasets, {res.seconds:.1f} s, "
+                print(f"{res.analysis}/{res.name}: {res.datasets} datasets, {res.seconds:.1f} s, "
                       f"{'met' if res.met else 'MISSED'}", flush=True)
     else:
         for j in jobs:
             res = _one(j)
             results.append(res)
-            print(f"{res.case.analysis}/{res.case.name}: {res.datasets} datasets, {res.seconds:.1f} s, "
+            print(f"{res.analysis}/{res.name}: {res.datasets} datasets, {res.seconds:.1f} s, "
                   f"{'met' if res.met else 'MISSED'}", flush=True)
     seconds = time.perf_counter() - t0
     commit = _commit()
     if args.full and not args.datasets:
         RESULTS.mkdir(exist_ok=True)
         for res in results:
-            path = RESULTS / f"{res.case.analysis}__{res.case.name}.json"
+            path = RESULTS / f"{res.analysis}__{res.name}.json"
             path.write_text(json.dumps(to_json(res, commit), indent=1) + "\n", encoding="utf-8")
         order = {(c.analysis, c.name): i for i, c in enumerate(all_cases())}
         kept = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(RESULTS.glob("*.json"))]
