@@ -73,6 +73,12 @@ def generate(messages: list[dict], *, temperature: float = 0.7, max_tokens: int 
         if n_prompt > budget:  # keep the instruction and the query; shorten the middle
             messages = _shorten(llm, messages, n_prompt - budget)
             kwargs["messages"] = messages
+        # An answer must depend on its request alone, not on which call ran before it: llama.cpp
+        # reuses the evaluated prefix it shares with the previous prompt, and a prompt evaluated
+        # in other batch splits gives slightly different logits, so the same seeded batch gave
+        # different texts depending on the order concurrent calls took this lock. Evaluate
+        # every prompt from scratch.
+        llm.reset()
         return llm.create_chat_completion(**kwargs)
 
 
