@@ -21,7 +21,7 @@ def run(quick: bool) -> CaseResult:
     import moakit
     from moakit.pipelines import together_moa
     from moakit.testing.stub_server import StubServer
-    from moakit.tracing.store import TraceStore
+    from moakit.store.store import TraceStore
 
     pairs = 3 if quick else 20
     agents = [a for s in together_moa for a in s.agents]

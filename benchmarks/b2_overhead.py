@@ -1,5 +1,5 @@
 """B2 overhead per call: Together MoA (19 calls) on a zero-latency in-process model, tracing
-and SQLite on. litellm is bypassed the same way for both: moakit's ``Client._complete`` (the one
+and SQLite on. litellm is bypassed the same way for both: moakit's ``Caller._complete`` (the one
 litellm call) returns at once, so moakit's engine, client, spans, redaction, hashing and store
 writes all run; mixture-llm's client function returns at once (mixture-llm records nothing).
 The model answers ~1,500 characters, so per-byte costs (JSON, hashes, redaction) count too."""
@@ -20,7 +20,7 @@ def measure(pairs: int, chars: int) -> dict:
 
     import moakit
     from moakit.pipelines import count_calls, together_moa
-    from moakit.tracing.store import TraceStore
+    from moakit.store.store import TraceStore
 
     n_calls = count_calls(together_moa)
     models = {a: {"model": f"openai/{a}", "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-unused-000000"}

@@ -22,10 +22,10 @@ CAP = 64
 def run(quick: bool) -> CaseResult:
     import mixture_llm as ML
 
-    from moakit.batch import arun_batch
+    from moakit.runner.batch import arun_batch
     from moakit.pipelines import count_calls, moa_lite
     from moakit.testing.stub_server import StubServer
-    from moakit.tracing.store import TraceStore
+    from moakit.store.store import TraceStore
 
     n_prompts, pairs = (20, 1) if quick else (200, 3)
     prompts, source = alpaca_prompts(n_prompts)

@@ -16,8 +16,8 @@ from .common import CaseResult, Row, alpaca_prompts, instant_moakit, median, spr
 
 
 def _replay_rounds(pipeline, prompts, models, rec_path: Path, d: Path, rounds: int, expected):
-    from moakit.batch import arun_batch
-    from moakit.tracing.store import TraceStore
+    from moakit.runner.batch import arun_batch
+    from moakit.store.store import TraceStore
 
     times, identical = [], True
     rec = TraceStore(rec_path)
@@ -35,9 +35,9 @@ def _replay_rounds(pipeline, prompts, models, rec_path: Path, d: Path, rounds: i
 
 
 def run(quick: bool, n_prompts: int | None = None, rounds: int | None = None) -> CaseResult:
-    from moakit.batch import arun_batch
+    from moakit.runner.batch import arun_batch
     from moakit.pipelines import count_calls, together_moa
-    from moakit.tracing.store import TraceStore
+    from moakit.store.store import TraceStore
 
     n_prompts, rounds = n_prompts or (20 if quick else 805), rounds or (1 if quick else 3)
     prompts, source = alpaca_prompts(n_prompts)

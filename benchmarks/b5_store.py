@@ -51,8 +51,8 @@ class Workload:
         return format(self.rng.getrandbits(bits), f"0{bits // 4}x")
 
     def experiment(self, rows: list, texts: dict) -> None:
-        from moakit.tracing.ids import span_id_hex
-        from moakit.tracing.store import text_hash
+        from moakit.store.ids import span_id_hex
+        from moakit.store.records import text_hash
 
         rng = self.rng
         q = self.prompts[self.n_exp % len(self.prompts)]
@@ -91,7 +91,7 @@ class Workload:
                     out_text = f"({self.n_exp}.{variant}.{k}) {a}"
                     out_hash, out_len = put(out_text), len(out_text.encode())
                     sources = [sid for sid, _ in shown]
-                span_id = span_id_hex()  # moakit's own ids (sequential per process, tracing/ids.py)
+                span_id = span_id_hex()  # moakit's own ids (sequential per process, store/ids.py)
                 start = self.t_ns
                 self.t_ns += rng.randrange(200_000_000, 4_000_000_000)
                 attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "together_ai",
@@ -126,7 +126,7 @@ class Workload:
 
 
 def run(quick: bool, n: int | None = None) -> CaseResult:
-    from moakit.tracing.store import TraceStore
+    from moakit.store.store import TraceStore
 
     n = n or (20_000 if quick else 1_000_000)
     res = CaseResult("B5", f"store scale: {n:,} call spans")

@@ -1,6 +1,6 @@
 """B6 local model: the embedded SmolLM2-135M through moakit (``models="local"``: engine, litellm
 custom provider, worker thread, spans, SQLite) against llama-cpp-python called directly
-(``moakit.local.get_llama().create_chat_completion``, the same ``Llama`` instance), with the same
+(``moakit.llm.local.get_llama().create_chat_completion``, the same ``Llama`` instance), with the same
 prompt, temperature, max_tokens and seed (the seed moakit sent, read back from its span), so
 both generate the same tokens. The prompt cache is reset before each call so neither reuses
 the other's evaluated prompt."""
@@ -28,7 +28,7 @@ def run(quick: bool) -> CaseResult:
     import moakit
     from moakit import local
     from moakit.steps import Propose
-    from moakit.tracing.store import TraceStore
+    from moakit.store.store import TraceStore
 
     pairs, max_tokens = (1, 16) if quick else (12, 128)  # 12: the machine's speed drifts between pairs
     pipeline = [Propose(["smollm2"], temp=0.7, max_tokens=max_tokens)]

@@ -186,7 +186,7 @@ def mixture_pipeline(pipeline) -> list:
 def litellm_client(api_base: str, semaphore: asyncio.Semaphore | None = None):
     """mixture-llm's client: ``(model, messages, temp, max_tokens) -> (text, in, out)`` through
     litellm to the stub server, as moakit calls it (same provider path, same HTTP client)."""
-    from moakit.client import get_litellm
+    from moakit.llm import get_litellm
 
     litellm = get_litellm()
 
@@ -213,31 +213,36 @@ async def instant_client(*, model, messages, temp, max_tokens):
 
 @contextlib.contextmanager
 def instant_moakit(chars: int = 1500, stub_answers: bool = False):
-    """moakit with a zero-latency in-process model: ``Client._complete`` (the one litellm call)
-    is replaced, so moakit's client, spans and store writes all run; restored on exit. With
-    ``stub_answers`` it answers what the stub server would (``stub_server.answer_text``)."""
-    from moakit import client as C
+    """moakit with a zero-latency in-process model: ``Caller._complete`` (the one litellm call)
+    is replaced, so moakit's engine, recorder, redaction and store writes all run; restored on
+    exit. With ``stub_answers`` it answers what the stub server would (``stub_server.answer_text``)."""
+    import itertools
+
+    from moakit.llm import caller as C
     from moakit.testing.stub_server import answer_text
 
     C.get_litellm()  # imported once here, never inside a timed run
-    original = C.Client._complete
+    original = C.Caller._complete
     answers: dict[str, str] = {}
+    unique = itertools.count()
 
     async def _complete(self, req):
+        model = req.spec.model
         if stub_answers:
-            text = answer_text({"model": req.spec.model.split("/", 1)[-1], "messages": req.messages,
-                                "seed": req.seed})
-            return text, (10, len(text.split())), 0.0, req.spec.model, "stop", "instant"
-        if req.agent not in answers:
-            answers[req.agent] = fake_answer(req.agent, chars)
+            text = answer_text({"model": model.split("/", 1)[-1], "messages": req.messages, "seed": req.seed})
+            return C.Outcome(0, 0, 0, text=text, input_tokens=10, output_tokens=len(text.split()), cost_usd=0.0,
+                             response_model=model, finish_reason="stop", response_id="instant")
+        if model not in answers:
+            answers[model] = fake_answer(model.split("/", 1)[-1], chars)
         # unique per request (as real answers are)
-        return f"{req.key[:8]} {answers[req.agent]}", (10, 300), 0.0, req.spec.model, "stop", "instant"
+        return C.Outcome(0, 0, 0, text=f"{next(unique):08d} {answers[model]}", input_tokens=10, output_tokens=300,
+                         cost_usd=0.0, response_model=model, finish_reason="stop", response_id="instant")
 
-    C.Client._complete = _complete
+    C.Caller._complete = _complete
     try:
         yield
     finally:
-        C.Client._complete = original
+        C.Caller._complete = original
 
 
 def stub_models(stub, agents: Sequence[str]) -> dict[str, dict]:

@@ -17,21 +17,22 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 _EXPORTS = {
-    "run": "moakit.engine", "arun": "moakit.engine", "Result": "moakit.result",
-    "run_batch": "moakit.batch", "arun_batch": "moakit.batch",
-    "replay": "moakit.replay",
-    "TraceStore": "moakit.tracing.store",
+    "run": "moakit.runner", "arun": "moakit.runner", "Result": "moakit.runner",
+    "run_batch": "moakit.runner", "arun_batch": "moakit.runner",
+    "replay": "moakit.runner",
+    "TraceStore": "moakit.store", "open_store": "moakit.store", "Redactor": "moakit.store",
+    "add_redactor": "moakit.store",
     "show": "moakit.widgets",
     "ReplayMiss": "moakit.errors", "PipelineError": "moakit.errors", "ModelError": "moakit.errors",
     "MoakitError": "moakit.errors", "TraceFileError": "moakit.errors",
-    "ClientConfig": "moakit.client", "register_alias": "moakit.models", "add_redactor": "moakit.tracing.redact",
+    "ClientConfig": "moakit.llm", "register_alias": "moakit.models",
     **{name: "moakit.steps" for name in ("Propose", "Synthesize", "Aggregate", "Refine", "Rank", "Vote", "Shuffle",
                                          "Dropout", "Sample", "Take", "Filter", "Map")},
 }
-_MODULES = {"pipelines", "steps", "prompts", "models", "analysis", "widgets", "tracing", "engine", "client"}
+_MODULES = {"pipelines", "steps", "prompts", "models", "analysis", "widgets", "store", "llm", "runner"}
 
 __all__ = sorted(_EXPORTS) + sorted(_MODULES)
 
@@ -43,6 +44,8 @@ def __getattr__(name: str):
         return value
     if name in _MODULES:
         return importlib.import_module(f"moakit.{name}")
+    if name == "run":  # the package moakit.run shares its name with the function moakit.run
+        return importlib.import_module("moakit.runner").run
     raise AttributeError(f"module 'moakit' has no attribute {name!r}")
 
 

@@ -5,6 +5,7 @@
     moakit traces ls|show TRACE|export PATH|replay TRACE [--traces PATH]
     moakit traces export traces.parquet | out.jsonl | http://127.0.0.1:4318/v1/traces [--trace ID]
     moakit traces import model_outputs.json [--agent NAME]
+    moakit traces search "TEXT" [--limit N]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 
 def _store(path):
-    from .tracing.store import TraceStore
+    from .store import TraceStore
 
     return TraceStore(path)
 
@@ -40,7 +41,7 @@ def _models_arg(value: str | None):
 
 def cmd_run(args) -> int:
     from . import pipelines
-    from .engine import run
+    from .runner import run
 
     pipeline = pipelines.get(args.pipeline)
     result = run(pipeline, args.query, models=_models_arg(args.models), seed=args.seed, store=args.traces,
@@ -78,20 +79,28 @@ def cmd_traces(args) -> int:
         print(tree_text(store, tid))
         return 0
     if args.action == "replay":
-        from .replay import replay
+        from .runner import replay
 
         r = replay(args.target, store=store, offline=not args.fill)
         print(r.output if r.output is not None else f"(no answer) {r.error}")
         print(r.summary())
         return 0 if r.ok else 1
     if args.action == "export":
-        from .tracing.io import export
+        from .store.io import export
 
         n = export(store, args.target, format=args.format, trace_id=args.trace)
         print(f"exported {n} spans to {args.target}")
         return 0
+    if args.action == "search":
+        hits = store.search(args.target, limit=args.limit)
+        if hits.empty:
+            print(f"no prompt or output in {store.path} matches {args.target!r}")
+            return 1
+        with __import__("pandas").option_context("display.width", 200, "display.max_colwidth", 90):
+            print(hits.assign(trace_id=hits.trace_id.str[:12]).to_string(index=False))
+        return 0
     if args.action == "import":
-        from .tracing.io import import_outputs
+        from .store.io import import_outputs
 
         n = import_outputs(store, args.target, agent=args.agent)
         print(f"imported {n} outputs into {store.path}")
@@ -115,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser("traces", help="list, show, export, import or replay recorded runs")
-    t.add_argument("action", choices=["ls", "show", "export", "import", "replay"])
-    t.add_argument("target", nargs="?", help="trace id (show, replay) or path (export, import)")
+    t.add_argument("action", choices=["ls", "show", "export", "import", "replay", "search"])
+    t.add_argument("target", nargs="?", help="trace id (show, replay), path (export, import) or text (search)")
+    t.add_argument("--limit", type=int, default=20, help="search: at most this many matches")
     t.add_argument("--traces", help="trace file (default $MOAKIT_TRACES or traces/moakit.db)")
     t.add_argument("--format", default=None, help="export format: jsonl, parquet or otlp (default from the path)")
     t.add_argument("--agent", help="import: the agent name to record the outputs under")
@@ -128,15 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "traces" and args.action in ("show", "export", "import", "replay") and not args.target:
-        print(f"moakit traces {args.action}: give a {'trace id' if args.action in ('show', 'replay') else 'path'}",
-              file=sys.stderr)
+    if args.command == "traces" and args.action != "ls" and not args.target:
+        what = {"show": "trace id", "replay": "trace id", "search": "text to search for"}.get(args.action, "path")
+        print(f"moakit traces {args.action}: give a {what}", file=sys.stderr)
         return 2
     from .errors import MoakitError
 
     try:
         return args.fn(args)
-    except (MoakitError, KeyError) as e:
+    except (MoakitError, KeyError, __import__("sqlite3").OperationalError) as e:
         print(f"moakit: error: {e}", file=sys.stderr)
         return 2
 

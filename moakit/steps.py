@@ -44,7 +44,6 @@ class Step:
     """Base of all steps. ``calls_llm`` tells the engine whether the step makes LLM calls."""
 
     calls_llm: ClassVar[bool] = False
-    aggregates: ClassVar[bool] = False  # sees all current responses in one prompt
 
     @property
     def kind(self) -> str:
@@ -100,7 +99,6 @@ class Synthesize(Step):
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     prompt: str | None = None
-    aggregates: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "agents", _agents(self.agents, "Synthesize"))
@@ -116,7 +114,6 @@ class Aggregate(_OneAgent, Step):
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     prompt: str | None = None
-    aggregates: ClassVar[bool] = True
 
     def __post_init__(self):
         _agents([self.agent], "Aggregate")
@@ -166,7 +163,6 @@ class Vote(_OneAgent, Step):
     temp: float = DEFAULT_TEMP
     max_tokens: int = DEFAULT_MAX_TOKENS
     prompt: str | None = None
-    aggregates: ClassVar[bool] = True
 
     def __post_init__(self):
         _agents([self.agent], "Vote")

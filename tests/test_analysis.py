@@ -84,7 +84,7 @@ def scripted_reply(model: str, messages: list[dict], seed) -> str:
 @pytest.fixture(scope="module")
 def scripted():
     """Register the ``scripted`` litellm provider (once per process)."""
-    from moakit.client import get_litellm
+    from moakit.llm import get_litellm
 
     litellm = get_litellm()
     if not any(p.get("provider") == "scripted" for p in litellm.custom_provider_map):

@@ -23,8 +23,8 @@ from moakit.testing.stub_server import StubServer
 
 GOOD = [Propose(["p1", "p2"], max_tokens=8), Aggregate("agg", max_tokens=8)]
 
-try:  # the import/export API (moakit.tracing.io) is built in a sibling issue
-    from moakit.tracing import io as trace_io
+try:  # the import/export API (moakit.store.io) is built in a sibling issue
+    from moakit.store import io as trace_io
 except ImportError:  # pragma: no cover
     trace_io = None
 
@@ -227,10 +227,10 @@ def test_bad_input_fails_early_clearly_and_touches_nothing(case, ctx, monkeypatc
     attempted = []
 
     async def no_call(self, req):  # moakit's one litellm call site
-        attempted.append(req.agent)
-        raise AssertionError(f"a model call was attempted for {req.agent}")
+        attempted.append(req.spec.model)
+        raise AssertionError(f"a model call was attempted for {req.spec.model}")
 
-    monkeypatch.setattr("moakit.client.Client._complete", no_call)
+    monkeypatch.setattr("moakit.llm.caller.Caller._complete", no_call)
     before_files = _snapshot(ctx["dir"])
     before_rows = _rows(ctx["rec"])
     before_requests = ctx["stub"].stats()["requests"]

@@ -25,27 +25,19 @@ import json, os, sys, time
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import moakit
 from moakit import Propose
-from moakit.client import get_litellm
-from moakit.tracing import exporter
+from moakit.llm import get_litellm
+from moakit.runner import recorder
 
 api_base, db, n, go, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 seen = []
-_on_end = exporter.SQLiteSpanProcessor.on_end
+_paid = recorder.Recorder.paid
 
-def on_end(self, span):
-    _on_end(self, span)
-    if dict(span.attributes or {}).get("moakit.span.kind") == "call":
-        seen.append(format(span.context.span_id, "016x"))
+async def paid(self, rec):  # a paid call, reported once its row is committed
+    h = await _paid(self, rec)
+    seen.append(rec.span_id)
+    return h
 
-_add_row = exporter.SQLiteSpanProcessor.add_row
-
-def add_row(self, row, texts):  # a paid call's row built without a span (Client._paid_row)
-    _add_row(self, row, texts)
-    if isinstance(row, list) and row[4] == "call":
-        seen.append(row[0])
-
-exporter.SQLiteSpanProcessor.on_end = on_end
-exporter.SQLiteSpanProcessor.add_row = add_row
+recorder.Recorder.paid = paid
 get_litellm()  # import before the start line, so the four writers really overlap
 print("READY", flush=True)
 while not os.path.exists(go):

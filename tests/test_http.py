@@ -12,7 +12,7 @@ import pytest
 
 import moakit
 from moakit import pipelines
-from moakit.local import model_path
+from moakit.llm.local import model_path
 from moakit.testing.stub_server import StubServer
 
 KEY = "sk-test-" + "9" * 32  # must never reach the trace file

@@ -13,8 +13,8 @@ import pytest
 import moakit
 from moakit.pipelines import together_moa
 from moakit.testing.stub_server import StubServer
-from moakit.tracing import ids
-from moakit.tracing.store import TraceStore
+from moakit.store import ids
+from moakit.store.store import TraceStore
 
 QUERY = "Name two rivers."
 
@@ -108,13 +108,10 @@ def test_trace_ids_are_random():
 
 
 def test_every_span_of_a_run_takes_its_id_from_the_sequence(tmp_path):
-    """A paid run (row spans), its replay (replayed rows) and a replay with a second span
-    processor (OpenTelemetry SDK spans): each run's span ids are a run of the sequence, and
-    trace ids differ from their first digits on."""
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    """A paid run, its replay and a replay mirrored to an OpenTelemetry exporter: each run's span
+    ids are a run of the sequence, the exporter gets the same ids, and trace ids differ from
+    their first digits on."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    from moakit.engine import tracer_for
 
     path, sdk_path = tmp_path / "t.db", tmp_path / "sdk.db"
     agents = [a for s in together_moa for a in s.agents]
@@ -124,10 +121,12 @@ def test_every_span_of_a_run_takes_its_id_from_the_sequence(tmp_path):
     replayed = moakit.run(together_moa, QUERY, models=models, seed=1, store=path, cache=True, offline=True)
     sdk_store = TraceStore(sdk_path)
     exporter = InMemorySpanExporter()
-    tracer_for(sdk_store).span_processor.add_span_processor(SimpleSpanProcessor(exporter))
-    via_sdk = moakit.run(together_moa, QUERY, models=models, seed=1, store=sdk_store, cache=path, offline=True)
+    via_sdk = moakit.run(together_moa, QUERY, models=models, seed=1, store=sdk_store, cache=path, offline=True,
+                         otel=exporter)
     assert paid.ok and replayed.calls_reused == 19 and via_sdk.calls_reused == 19
-    assert exporter.get_finished_spans(), "the second processor saw SDK spans"
+    mirrored = {format(s.context.span_id, "016x") for s in exporter.get_finished_spans()}
+    assert mirrored == {x for (x,) in sdk_store.query("SELECT span_id FROM spans WHERE trace_id = ?",
+                                                      (via_sdk.trace_id,))}, "the exporter got the rows' spans"
     store = TraceStore(path)
     for st, r in ((store, paid), (store, replayed), (sdk_store, via_sdk)):
         span_ids = sorted(int(x, 16) for (x,) in st.query("SELECT span_id FROM spans WHERE trace_id = ?", (r.trace_id,)))

@@ -16,9 +16,9 @@ import moakit
 from moakit import Aggregate, Propose, Shuffle
 from moakit.pipelines import PROPOSERS, together_moa
 from moakit.testing.stub_server import StubServer
-from moakit.tracing import attributes as A
-from moakit.tracing.io import TraceIOError, iter_records
-from moakit.tracing.store import TraceStore
+from moakit.store import schema as A
+from moakit.store.io import TraceIOError, iter_records
+from moakit.store.store import TraceStore
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
 if not ALPACA.is_dir():

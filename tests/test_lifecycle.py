@@ -24,7 +24,7 @@ def _providers() -> int:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
 def test_runs_in_a_loop_keep_descriptors_and_providers_constant():
-    from moakit.tracing.store import open_store
+    from moakit.store.store import open_store
 
     pipe = [S.Propose(["a"], max_tokens=8), S.Aggregate("b", max_tokens=8)]
     default = open_store()  # held throughout, as the last run's Result holds it at the end
@@ -45,7 +45,7 @@ def test_runs_in_a_loop_keep_descriptors_and_providers_constant():
 
 
 def test_the_default_store_is_shared_and_released(tmp_path):
-    from moakit.tracing.store import open_store
+    from moakit.store.store import open_store
 
     a = open_store(tmp_path / "x.db")
     assert open_store(str(tmp_path / "x.db")) is a  # one object per file per process

@@ -27,7 +27,7 @@ import moakit
 from moakit import PipelineError, Propose, TraceStore
 from moakit.rank_parse import parse_rank
 from moakit.testing.stub_server import StubServer
-from moakit.tracing.keys import request_hash, request_key
+from moakit.store.keys import request_hash, request_key
 
 FIXTURE_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
@@ -120,16 +120,15 @@ _LONE = re.compile("[\ud800-\udfff]")
 def test_any_output_text_is_stored_without_crashing(echo, text):
     """Whatever a provider returns (a JSON "\\ud800" escape decodes to a lone surrogate), the
     span writer stores it; valid text comes back identical, lone surrogates as U+FFFD."""
-    from moakit.client import _output_messages
-    from moakit.engine import tracer_for
-    from moakit.tracing import attributes as A
+    from moakit.store.ids import span_id_hex
+    from moakit.store.records import CallRecord, Rows
 
     store = echo["store"]
-    span = tracer_for(store).start_span("chat prop")
-    span.set_attributes({A.SPAN_KIND: "call", A.REQUEST_KEY: "prop-" + str(abs(hash(text))),
-                         A.OUTPUT_MESSAGES: _output_messages(text, None), "moakit.note": text})
-    sid = format(span.get_span_context().span_id, "016x")
-    span.end()
+    sid = span_id_hex()
+    rows = Rows()
+    store.writer.builder.call(CallRecord(sid, "0" * 32, None, 1, 2, "m", "p", "a", request_key="prop-" + str(abs(hash(text))),
+                                         output=text, extra={"moakit.note": text}), rows)
+    store.write(rows.rows, rows.texts)
     row = store.frame("SELECT s.*, t.text AS out FROM spans s LEFT JOIN texts t ON t.hash = s.output_hash "
                       "WHERE s.span_id = ?", [sid]).iloc[0]
     expected = _LONE.sub("\ufffd", text)
@@ -195,7 +194,7 @@ GOLDEN_KEY = "95750a135b6296b27da80189786091b4"
 def test_request_key_is_stable_across_processes_and_versions():
     """A changed key silently invalidates every recorded trace as a cache: change it only on purpose."""
     assert request_hash(**GOLDEN) == GOLDEN_KEY
-    code = ("from moakit.tracing.keys import request_hash; "
+    code = ("from moakit.store.keys import request_hash; "
             f"print(request_hash(**{GOLDEN!r}))")
     for hashseed in ("0", "12345"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

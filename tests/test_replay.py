@@ -18,11 +18,11 @@ import pytest
 
 import moakit
 from moakit import Aggregate, Dropout, Propose, ReplayMiss, Shuffle
-from moakit.client import ClientConfig
+from moakit.llm import ClientConfig
 from moakit.pipelines import together_moa
 from moakit.testing.stub_server import StubServer
-from moakit.tracing import migrations
-from moakit.tracing.store import SPAN_COLUMNS, TraceStore
+from moakit.store import migrations
+from moakit.store.store import SPAN_COLUMNS, TraceStore
 
 QUERY = "Name one primary colour."
 SEED = 7

@@ -22,7 +22,7 @@ import pytest
 import moakit
 from moakit import Aggregate, ClientConfig, Propose, TraceStore
 from moakit.testing.stub_server import StubServer
-from moakit.tracing import redact as redact_mod
+from moakit.store import redact as redact_mod
 
 EMAIL = "alice.smith@example.org"
 EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
@@ -44,7 +44,7 @@ def keys():
 
 @pytest.fixture
 def email_hook(monkeypatch):
-    monkeypatch.setattr(redact_mod, "_hooks", [])  # this test's hooks only, restored afterwards
+    monkeypatch.setattr(redact_mod.REDACTOR, "hooks", [])  # this test's hooks only, restored afterwards
     moakit.add_redactor(lambda text: EMAIL_RE.sub("[EMAIL]", text))
 
 
@@ -89,7 +89,7 @@ def test_keys_never_reach_the_trace_file_or_an_export(tmp_path, keys, email_hook
 
     # the provider really echoed the keys (so the test has something to catch)
     store = TraceStore(db)
-    errors = store.calls()["error"].dropna().tolist()
+    errors = store.attempts()["error"].dropna().tolist()
     assert len(errors) == 10 and all("stub leaky fault" in e and "[REDACTED]" in e for e in errors)
     assert r.ok  # the good proposer carried the run
     assert df["error"].notna().all()
@@ -128,11 +128,10 @@ def test_keys_never_reach_the_trace_file_or_an_export(tmp_path, keys, email_hook
     assert _leaks(_files(db), every) == []  # after the WAL was checkpointed into the file
 
 
-def test_a_key_cut_at_the_error_length_limit_is_not_half_left(tmp_path):
+def test_a_key_cut_at_the_error_length_limit_is_not_half_left(tmp_path, monkeypatch):
     """An error message is cut to 2,000 characters; a key straddling the cut must not survive
     as a recognisable prefix (redaction happens before the cut)."""
-    from moakit.client import Client
-    from moakit.tracing.redact import add_secret
+    from moakit.store.redact import add_secret
 
     key = "zz" + secrets.token_hex(20)
     add_secret(key)
@@ -145,19 +144,13 @@ def test_a_key_cut_at_the_error_length_limit_is_not_half_left(tmp_path):
     async def fail(self, req):
         raise Leaky(msg)
 
-    import asyncio
-
-    from moakit.client import CallRequest
-    from moakit.engine import tracer_for
-    from moakit.models import ModelSpec
-
-    store = TraceStore(tmp_path / "cut.db")
-    client = Client(tracer_for(store), config=ClientConfig(retries=0))
-    client._complete = fail.__get__(client)
-    req = CallRequest(agent="a", sample=0, spec=ModelSpec("openai/a", api_base="http://127.0.0.1:9"),
-                      messages=[{"role": "user", "content": "hi"}], temperature=0.0, max_tokens=4, key="k:0",
-                      seed=None, step_index=0, step_kind="Propose")
-    res = asyncio.run(client.call(req))
-    assert res.error is not None and key[:10] not in res.error
-    store.close()
-    assert _leaks(_files(tmp_path / "cut.db"), {"key_prefix": key[:12]}) == []
+    monkeypatch.setattr("moakit.llm.caller.Caller._complete", fail)
+    db = tmp_path / "cut.db"
+    r = moakit.run([moakit.Propose(["a"], max_tokens=4)], "hi", store=db, seed=1,
+                   models={"a": {"model": "openai/a", "api_base": "http://127.0.0.1:9"}},
+                   client_config=ClientConfig(retries=0))
+    assert not r.ok
+    err = r.calls.error.iloc[0]
+    assert "Leaky" in err and key[:10] not in err
+    r.store.close()
+    assert _leaks(_files(db), {"key_prefix": key[:12]}) == []

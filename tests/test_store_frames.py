@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import moakit.tracing.columnar as columnar
-import moakit.tracing.store as store_mod
-from moakit.tracing.store import TraceStore, text_hash
+import moakit.store.store as store_mod
+from moakit.store.store import TraceStore, text_hash
 
 COLUMNS = ["trace_id", "span_id", "parent_id", "step_index", "step", "agent", "model", "sample", "attempt",
            "input_tokens", "output_tokens", "cost_usd", "latency_s", "start_ns", "end_ns", "cached", "error",

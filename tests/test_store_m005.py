@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from moakit.tracing import migrations
-from moakit.tracing.store import SPAN_COLUMNS, TraceStore, text_hash
+from moakit.store import migrations
+from moakit.store.store import SPAN_COLUMNS, TraceStore, text_hash
 
 
 def _rows():
@@ -35,7 +35,7 @@ def test_file_from_m004_migrates_to_m005_with_nothing_lost(tmp_path):
     conn.close()
 
     store = TraceStore(path)
-    assert store.schema_version[-1] == "m005_request_key_index_for_paid_calls_only"
+    assert "m005_request_key_index_for_paid_calls_only" in store.schema_version
     assert store.query("SELECT * FROM spans ORDER BY rowid") == before
     indexes = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "spans_request_key" not in indexes and "spans_paid_request_key" in indexes

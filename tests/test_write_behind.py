@@ -1,5 +1,5 @@
 """Rows that may wait (steps, replayed calls) are committed by a writer thread while the event
-loop goes on (``SQLiteSpanProcessor._write_behind``), with multi-row INSERT statements
+loop goes on (``moakit.store.writer.Writer``), with multi-row INSERT statements
 (``TraceStore.prepare_write(bulk=True)``); and replay reads a recorded run's answers together
 (``TraceStore.lookup_many``). Each is checked against the plain path on real SQLite files."""
 
@@ -10,10 +10,12 @@ import sqlite3
 
 import pytest
 
-from moakit.batch import arun_batch
+from moakit.runner.batch import arun_batch
 from moakit.pipelines import count_calls, together_moa
-from moakit.tracing.exporter import SQLiteSpanProcessor
-from moakit.tracing.store import SPAN_COLUMNS, TraceStore, text_hash
+from moakit.store.records import Rows, text_hash
+from moakit.store.schema import SPAN_COLUMNS
+from moakit.store.store import TraceStore
+from moakit.store.writer import Writer
 
 MODELS = {a: {"model": f"openai/{a}", "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-unused-000000"}
           for s in together_moa for a in s.agents}
@@ -62,8 +64,8 @@ def test_bulk_statements_write_what_executemany_writes(tmp_path, n):
 
 def test_a_failed_write_behind_keeps_its_rows_and_raises_at_the_next_flush(tmp_path, monkeypatch):
     store = TraceStore(tmp_path / "t.db")
-    proc = SQLiteSpanProcessor(store)
-    monkeypatch.setattr(SQLiteSpanProcessor, "MAX_PENDING", 4)
+    proc = Writer(store)
+    monkeypatch.setattr(Writer, "MAX_PENDING", 4)
     rows, texts = _rows(10)
     real = TraceStore.write_prepared
     fails = [1]
@@ -76,11 +78,11 @@ def test_a_failed_write_behind_keeps_its_rows_and_raises_at_the_next_flush(tmp_p
 
     monkeypatch.setattr(TraceStore, "write_prepared", flaky)
     for r in rows[:4]:  # the 4th hands the first four to the writer thread, which fails
-        proc.add_row(r, {r["output_hash"]: texts[r["output_hash"]]})
+        proc.add(Rows([r], {r["output_hash"]: texts[r["output_hash"]]}))
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
         proc.flush()  # the writer's error surfaces here; its rows went back to the queue
     for r in rows[4:]:
-        proc.add_row(r, {r["output_hash"]: texts[r["output_hash"]]})
+        proc.add(Rows([r], {r["output_hash"]: texts[r["output_hash"]]}))
     proc.flush()
     got = {r[0] for r in store.query("SELECT span_id FROM spans")}
     assert got == {r["span_id"] for r in rows}
@@ -94,12 +96,13 @@ def _batch(store, prompts, **kw):
 
 @pytest.fixture
 def recorded(tmp_path, monkeypatch):
-    from moakit import client as C
+    from moakit.llm import caller as C
 
     async def _complete(self, req):
-        return f"answer {req.key[:10]} of {req.agent}", (10, 5), 0.0, req.spec.model, "stop", "id-1"
+        return C.Outcome(0, 0, 0, text=f"answer {req.seed} of {req.spec.model}", input_tokens=10, output_tokens=5,
+                         cost_usd=0.0, response_model=req.spec.model, finish_reason="stop", response_id="id-1")
 
-    monkeypatch.setattr(C.Client, "_complete", _complete)
+    monkeypatch.setattr(C.Caller, "_complete", _complete)
     prompts = [f"question {i}" for i in range(12)]
     store = TraceStore(tmp_path / "rec.db")
     df = _batch(store, prompts)
@@ -111,15 +114,15 @@ def test_a_replayed_batch_written_behind_is_complete_when_it_returns(recorded, t
     rec, prompts, df = recorded
     plain = TraceStore(tmp_path / "plain.db")
     df_plain = _batch(plain, prompts, cache=rec, offline=True)
-    monkeypatch.setattr(SQLiteSpanProcessor, "MAX_PENDING", 8)  # the writer thread takes most rows
+    monkeypatch.setattr(Writer, "MAX_PENDING", 8)  # the writer thread takes most rows
     behind = TraceStore(tmp_path / "behind.db")
+    taken = []
+    real = TraceStore.write_prepared
+    monkeypatch.setattr(TraceStore, "write_prepared", lambda self, w: (taken.append(w.statements is not None),
+                                                                       real(self, w)))
     df_behind = _batch(behind, prompts, cache=rec, offline=True)
     assert list(df_behind["output"]) == list(df_plain["output"]) == list(df["output"])
-    from moakit.engine import tracer_for
-    from moakit.tracing.exporter import span_processors
-
-    (proc,) = span_processors(tracer_for(behind))
-    assert proc._writer is not None and proc._behind is None  # the thread wrote, and nothing is left with it
+    assert sum(taken) >= 10 and behind.writer.pending == 0  # the thread wrote, and nothing is left waiting
     n_calls = len(prompts) * count_calls(together_moa)
     other = sqlite3.connect(tmp_path / "behind.db")  # another connection sees every row: committed
     assert other.execute("SELECT count(*) FROM spans WHERE kind = 'call' AND cached = 1").fetchone()[0] == n_calls

@@ -37,7 +37,7 @@ ITEM_COLUMNS = ["variant", "repeat", "item", "prompt", "reference", "output", "s
 def prompts_and_references(prompts: Any, references: Any, scorer) -> tuple[list, list | None]:
     """The prompt list and the aligned references. A DataFrame's ``aliases`` (a list of
     accepted answers), ``reference`` or ``answer`` column is used when ``references`` is None."""
-    from ..batch import _prompt_list
+    from ..runner.plan import prompt_list as _prompt_list
 
     items = _prompt_list(prompts)
     if not items:
@@ -68,7 +68,8 @@ def prompts_and_references(prompts: Any, references: Any, scorer) -> tuple[list,
 def prepare(variants: Mapping[str, Any], prompts, *, scorer, references, repeats, models, store, seed, max_tokens,
             templates="together"):
     """Validate everything before the first call; open the store; bind the scorer."""
-    from ..engine import open_store, plan_run
+    from ..runner.plan import plan_run
+    from ..store import open_store
     from .scorers import as_scorer
 
     if not isinstance(variants, Mapping) or not variants:
@@ -97,7 +98,7 @@ def run_variants(variants: Mapping[str, Any], items: list, refs: list | None, *,
     store with the cache on; score the outputs. One row per (variant, repeat, prompt)."""
     import pandas as pd
 
-    from ..batch import run_batch
+    from ..runner import run_batch
 
     bar = None
     total = len(variants) * repeats

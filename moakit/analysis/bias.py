@@ -64,7 +64,7 @@ def _open(source, store):
     """(aggregation inputs DataFrame, store or None, trace ids or None)."""
     import pandas as pd
 
-    from ..tracing.store import TraceStore
+    from ..store import TraceStore
 
     if isinstance(source, TraceStore):
         return source.aggregation_inputs(), source, None

@@ -488,7 +488,7 @@ class LLMJudge(Scorer):
     def score_many(self, outputs, references=None, prompts=None):
         import pandas as pd
 
-        from ..batch import run_batch
+        from ..runner import run_batch
         from ..steps import Propose
 
         n = len(outputs)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -152,9 +153,12 @@ def main(argv=None):
                        persistent_fault_rate=a.persistent_fault_rate)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", a.port, backlog=1024)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", a.port))  # port 0: any free port, read back below
+        site = web.SockSite(runner, sock, backlog=1024)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = sock.getsockname()[1]
         print(f"STUB READY {port}", flush=True)
         while True:
             await asyncio.sleep(3600)

@@ -38,7 +38,7 @@ def show_result(result):
 def view(runs, store=None, **kwargs):
     """The view of stored runs: a :class:`PipelineTree` for one trace id (a unique prefix is
     enough), a :class:`BatchView` for a list of trace ids or a ``run_batch`` DataFrame."""
-    from ..engine import open_store
+    from ..store import open_store
     from .tree import BatchView, PipelineTree
 
     store = open_store(store)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._chart import ChartView, table_html
+from .chart import ChartView, table_html
 from .bias import _reading
 
 
@@ -152,7 +152,7 @@ class ImpactView(ChartView):
         """Table 4 with each score and its interval in one cell, as papers print it."""
         import pandas as pd
 
-        from ._chart import fmt
+        from .chart import fmt
 
         def cell(r, col):
             v = r[col]

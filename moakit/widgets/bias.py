@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._chart import ChartView, table_html
+from .chart import ChartView, table_html
 
 BLOCK_COLUMNS = ("measure", "step", "aggregator")
 

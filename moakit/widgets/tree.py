@@ -20,7 +20,7 @@ Why this shape:
 * Testable without a browser: ``tree.summary`` (the run's numbers as shown), ``tree.steps``
   (each step and what it did) and ``tree.rows`` (the calls on the pages shown, with their numbers).
 
-Data comes from :class:`~moakit.tracing.store.TraceStore` (``runs``, ``steps``, ``calls``,
+Data comes from :class:`~moakit.store.store.TraceStore` (``runs``, ``steps``, ``calls``,
 ``call_contents``); nothing here computes statistics.
 """
 
@@ -182,7 +182,7 @@ class PipelineTree:
     ``page_size`` calls are shown per step; :meth:`set_page` turns a step's page."""
 
     def __init__(self, store, trace_id: str, *, page_size: int = 25, max_chars: int = 20_000):
-        from ..engine import open_store
+        from ..store import open_store
 
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
@@ -410,7 +410,7 @@ class BatchView:
 
     def __init__(self, store, runs=None, *, batch_id: str | None = None, page_size: int = 10,
                  tree_page_size: int = 25, open_first: bool = True):
-        from ..engine import open_store
+        from ..store import open_store
 
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")

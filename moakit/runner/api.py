@@ -1,0 +1,84 @@
+"""``run`` and ``arun``: one pipeline on one query, every call recorded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import steps as S
+from ..errors import PipelineError
+from ..llm import Caller, ClientConfig
+from ..prompts import TemplateSet
+from ..store.store import open_store
+from .engine import Runner, Session
+from .loop import run_sync
+from .plan import check_positive, check_store, normalize_query, open_cache, plan_run
+from .recorder import Recorder
+from .result import Result
+
+
+def make_session(store, cache, *, offline=False, max_concurrency=None, per_model_concurrency=None,
+                 client_config=None, record_content=True, otel=None) -> Session:
+    """The caller, recorder and cache a run (or a batch's runs) share; arguments checked first."""
+    check_positive("max_concurrency", max_concurrency)
+    check_positive("per_model_concurrency", per_model_concurrency)
+    if client_config is not None and not isinstance(client_config, ClientConfig):
+        raise PipelineError(f"client_config must be a moakit.ClientConfig, got {type(client_config).__name__}")
+    cfg = client_config or ClientConfig()
+    caller = Caller(cfg, max_concurrency=16 if max_concurrency is None else max_concurrency,
+                    per_model_concurrency=per_model_concurrency)
+    return Session(caller, Recorder(store, otel=otel), store, cache=cache, offline=offline,
+                   record_content=record_content and cfg.record_content)
+
+
+def check_call(pipeline, query, store, cache) -> None:
+    """Input errors that must fail before the trace file is even opened."""
+    S.validate_pipeline(pipeline)
+    normalize_query(query)
+    check_store(store)
+    check_store(None if isinstance(cache, bool) else cache)
+
+
+async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,
+               max_concurrency: int | None = None, cache: Any = None, offline: bool = False,
+               templates: str | TemplateSet = "together", max_tokens: int | None = None,
+               per_model_concurrency: int | None = None, client_config: ClientConfig | None = None,
+               record_content: bool = True, name: str | None = None, otel: Any = None,
+               rng_seed: int | None = None) -> Result:
+    """Run ``pipeline`` on ``query``; every call is recorded in ``store``. See :func:`run`."""
+    check_call(pipeline, query, store, cache)
+    st = open_store(store)
+    cache_store = open_cache(cache, st)
+    plan = plan_run(pipeline, query, seed=seed, models=models, templates=templates, max_tokens=max_tokens,
+                    cache=cache_store, offline=offline, name=name, rng_seed=rng_seed)
+    session = make_session(st, cache_store, offline=offline, max_concurrency=max_concurrency,
+                           per_model_concurrency=per_model_concurrency, client_config=client_config,
+                           record_content=record_content, otel=otel)
+    try:
+        return await Runner(plan, session).run()
+    finally:
+        session.recorder.flush()
+
+
+def run(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,
+        max_concurrency: int | None = None, **kwargs) -> Result:
+    """Run a pipeline on one query and return a :class:`~moakit.run.result.Result`.
+
+    Args:
+        pipeline: a list of steps (e.g. ``moakit.pipelines.together_moa``).
+        query: a string, or a list of chat messages.
+        seed: makes Shuffle/Dropout/Sample reproducible and is sent (derived per call) to the models.
+        models: ``"local"`` to run every agent on the embedded model, or a dict agent -> litellm model
+            string (or ``{"model": ..., "api_base": ..., "api_key": ...}``); other agents resolve through
+            :data:`moakit.models.ALIASES`.
+        store: a :class:`TraceStore` or path (default ``$MOAKIT_TRACES`` or ``traces/moakit.db``).
+        max_concurrency: calls in flight at once (default 16); ``per_model_concurrency`` caps each model.
+        cache: a store (or ``True`` for ``store``) whose recorded calls are served instead of paid for.
+        offline: with ``cache``, a call not in the store raises :class:`moakit.ReplayMiss`.
+        templates: prompt set, ``"together"`` (the paper's layout, default) or ``"mixture-llm"``.
+        max_tokens: caps every call's max_tokens (handy for quick runs on the embedded model).
+        record_content: set False to keep prompts out of the trace (outputs are always kept for replay).
+        otel: an OpenTelemetry ``SpanProcessor`` or ``SpanExporter`` that also gets every span.
+        name: the run's pipeline name (default: the name in :mod:`moakit.pipelines`, if it is one).
+    """
+    return run_sync(arun(pipeline, query, seed=seed, models=models, store=store,
+                         max_concurrency=max_concurrency, **kwargs))

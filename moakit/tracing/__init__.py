@@ -1,1 +1,0 @@
-"""Spans, their SQLite store, and replay. Nothing here renders anything."""
