@@ -23,7 +23,7 @@ from ..rank_parse import parse_rank
 from ..store.ids import span_id_hex, trace_id_hex
 from ..store.keys import derived_seed, messages_json, request_hash, request_key
 from ..store.records import AttemptRecord, CallRecord, RunRecord, StepRecord
-from ..store.schema import QUEUE_WAIT
+from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT
 from .plan import RunPlan, step_json
 from .recorder import Recorder
 from .result import Result
@@ -227,6 +227,8 @@ class Runner:
         t.calls += 1
         t.attempts += o.attempt
         extra = {QUEUE_WAIT: round(o.queue_s, 6)} if o.queue_s >= 1e-3 else None
+        if o.attempt > 1:
+            extra = {**(extra or {}), LAST_ATTEMPT_START: o.start_ns}
         if not o.ok:
             rec.failed(self.record(p, span_id=sid, start_ns=o.first_start_ns, end_ns=o.end_ns, attempts=o.attempt,
                                    error_type=o.error_type, error=o.error, extra=extra))

@@ -75,6 +75,7 @@ REQUEST_KEY = "moakit.request.key"
 ATTEMPT = "moakit.attempt"  # call: attempts made (0 when served from the store); attempt: its number
 RETRY_WAIT = "moakit.retry.wait_s"  # failed attempt: seconds waited before the next one
 RETRY_REASON = "moakit.retry.reason"  # "retry-after" (the provider asked) or "backoff"
+LAST_ATTEMPT_START = "moakit.attempt.last_start_ns"  # a retried call: when its last attempt started
 QUEUE_WAIT = "moakit.wait.queue_s"  # call: seconds waited for a concurrency slot before the first attempt
 RATE_WAIT = "moakit.wait.rate_s"  # call: seconds waited for a requests/tokens-per-minute budget
 TRANSPORT = "moakit.transport"  # call: "litellm" or "direct"

@@ -310,17 +310,12 @@ class TraceStore:
         where, params = self._where(trace_id, A.KIND_CALL)
         last = self.frame(f"""
             SELECT s.trace_id, s.span_id AS call_span_id, s.span_id, s.agent, s.model, s.step_index, s.step,
-                   s.attempt, s.start_ns, s.end_ns, NULL AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final
+                   s.attempt, coalesce(json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"'), s.start_ns) AS start_ns,
+                   s.end_ns, (s.end_ns - coalesce(json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"'), s.start_ns))
+                   / 1e9 AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final
             FROM spans s WHERE {where} AND s.cached = 0 AND s.attempt > 0""", params)
         import pandas as pd
 
-        if len(last):
-            if len(failed):  # a retried call's last attempt started when the wait after the one before ended
-                prev = failed.sort_values("attempt").groupby("call_span_id").last()
-                waits = (prev["retry_wait_s"].astype(float).fillna(0.0) * 1e9).round().astype("int64")
-                began = dict(zip(prev.index, (prev["end_ns"].astype("int64") + waits).tolist()))
-                last["start_ns"] = [began.get(c, s) for c, s in zip(last["call_span_id"], last["start_ns"].tolist())]
-            last["latency_s"] = (last["end_ns"] - last["start_ns"]) / 1e9
         frames = [f for f in (failed, last) if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else failed
         df["final"] = df["final"].astype(bool)
@@ -604,8 +599,9 @@ class TraceStore:
         """What a few calls were sent, for viewers that load content a page at a time:
         span id -> {"messages": [{"role", "content"}] (empty when content recording was off),
         "input_agents": agents behind the numbered responses shown, "temperature", "max_tokens",
-        "finish_reasons", "replayed_from" (the span a cached call was served from), "retry_wait_s" and
-        "retry_reason" (a retried attempt: the wait before the next one, "retry-after" or "backoff")}."""
+        "finish_reasons", "replayed_from" (the span a cached call was served from), "failed_attempts"
+        (the attempts before the last: attempt, error, wait_s and reason of the wait that followed,
+        "retry-after" or "backoff")}."""
         ids = list(span_ids)
         out: dict[str, dict[str, Any]] = {}
         for i in range(0, len(ids), 500):
@@ -621,8 +617,15 @@ class TraceStore:
                 out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
                                 "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
                                 "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
-                                "replayed_from": a.get("moakit.replayed_from"),
-                                "retry_wait_s": a.get(A.RETRY_WAIT), "retry_reason": a.get(A.RETRY_REASON)}
+                                "replayed_from": a.get(A.REPLAYED_FROM), "failed_attempts": []}
+            for parent, n, error, wait, reason in self.query(f"""
+                    SELECT parent_id, attempt, error, json_extract(attributes, '$."{A.RETRY_WAIT}"'),
+                           json_extract(attributes, '$."{A.RETRY_REASON}"')
+                    FROM spans WHERE kind = '{A.KIND_ATTEMPT}' AND parent_id IN ({', '.join('?' * len(chunk))})
+                    ORDER BY attempt""", chunk):
+                if parent in out:
+                    out[parent]["failed_attempts"].append({"attempt": n, "error": error, "wait_s": wait,
+                                                           "reason": reason})
         return out
 
     # ---- replay ----------------------------------------------------------------------------
