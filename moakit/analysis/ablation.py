@@ -121,8 +121,9 @@ def run_variants(variants: Mapping[str, Any], items: list, refs: list | None, *,
             for name, pipe in variants.items():
                 if bar is not None:
                     bar.set_postfix_str(f"{name} #{r}")
+                # one bar: the batches' own bars only when there is no bar over the batches
                 df = run_batch(pipe, items, seed=seed + r, models=models, store=store, cache=True,
-                               max_tokens=max_tokens, progress=progress, name=name, **run_kwargs)
+                               max_tokens=max_tokens, progress=progress and bar is None, name=name, **run_kwargs)
                 df = df.assign(variant=name, repeat=r,
                                reference=list(refs) if refs is not None else None)
                 for col, value in (key_columns or {}).get(name, {}).items():
