@@ -2,8 +2,11 @@
 
 * :func:`positional_bias` / :func:`bias_summary`: does the aggregator favour a position?
 * :func:`ablate` / :func:`robustness_variants`: pipeline variants (Shuffle, Dropout, ...) scored
-  with intervals, identical calls paid once.
-* :func:`impact` / :func:`table4` / :func:`impact_summary`: aggregator vs proposer choice.
+  with intervals, identical calls paid once; :func:`ablation_summary` gives its statistics
+  from per-run rows (real or simulated).
+* :func:`impact` / :func:`table4` / :func:`impact_summary`: aggregator vs proposer choice, in the
+  MoA paper's Table 4 design or a full grid; :func:`impact_statistics` gives its statistics
+  from per-run rows (real or simulated).
 * :mod:`moakit.analysis.scorers`: exact, normalised, numeric, answer, ROUGE-L, embedding and
   LLM-judge scorers; :func:`as_scorer` wraps any callable.
 * :func:`questions`: the small question set with reference answers shipped with moakit.
@@ -24,8 +27,10 @@ _EXPORTS = {
     "positional_bias": "bias", "bias_summary": "bias", "bias_inputs": "bias", "BIAS_COLUMNS": "bias",
     "ablate": "ablation", "ablation_summary": "ablation", "robustness_variants": "ablation",
     "ABLATION_COLUMNS": "ablation", "ITEM_COLUMNS": "ablation",
-    "table4": "impact", "paper_table4": "impact", "impact_summary": "impact",
-    "IMPACT_COLUMNS": "impact", "TABLE4_COLUMNS": "impact",
+    "sign_flip": "ablation", "holm": "ablation",
+    "table4": "impact", "paper_table4": "impact", "impact_summary": "impact", "impact_statistics": "impact",
+    "IMPACT_COLUMNS": "impact", "IMPACT_ITEM_COLUMNS": "impact", "TABLE4_COLUMNS": "impact",
+    "PAPER_MODELS": "impact", "PAPER_AGGREGATOR": "impact",
     "Scorer": "scorers", "as_scorer": "scorers", "exact_match": "scorers", "normalized_match": "scorers",
     "numeric_match": "scorers", "answer_match": "scorers", "rouge_l": "scorers",
     "embedding_similarity": "scorers", "llm_judge": "scorers",
