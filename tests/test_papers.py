@@ -65,6 +65,19 @@ def test_quality_diversity_finds_quality_not_diversity():
     assert table["diversity"].between(1, 3).all()
 
 
+def test_plain_fit_is_least_squares_on_the_table_and_the_correction_changes_it():
+    props, fins = qd_data(2, diversity_effect=0.0, prompts=15)
+    plain, table = P.quality_diversity(props, fins, embedding="emb", errors_in_variables=False, per_config=True)
+    z = lambda x: (x - x.mean()) / x.std(ddof=0)  # noqa: E731
+    X = np.column_stack([np.ones(len(table)), z(table["quality"]), z(table["diversity"])])
+    beta = np.linalg.lstsq(X, table["final"].to_numpy(), rcond=None)[0]
+    p = plain.set_index("term")["estimate"]
+    assert [p["intercept"], p["quality"], p["diversity"]] == pytest.approx(list(beta))
+    corrected = P.quality_diversity(props, fins, embedding="emb").set_index("term")["estimate"]
+    assert corrected["intercept"] == pytest.approx(p["intercept"])  # the correction leaves the mean alone
+    assert corrected["quality"] != pytest.approx(p["quality"], rel=1e-6)
+
+
 def test_quality_diversity_finds_a_diversity_effect_and_both_resamplings_run():
     props, fins = qd_data(1, diversity_effect=0.1)
     for resample in ("prompts", "configurations"):

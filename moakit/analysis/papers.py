@@ -93,16 +93,25 @@ def _need(frame, cols: Sequence[str], who: str) -> None:
         raise ValueError(f"{who}: missing column(s) {missing} (columns: {list(frame.columns)})")
 
 
-def _percentile(boot, axis=0):
-    """Percentile interval and the bootstrap p-value of 0 that agrees with it."""
+def _bootstrap_t(boot, est, units: int):
+    """A t interval around ``est`` with the bootstrap's standard error, and its p-value of 0
+    (the same t, so the two agree). The bootstrap variance of a mean over ``units`` resampled
+    units is low by (units - 1) / units, so it is scaled back, and t(units - 1) quantiles
+    replace the normal's. Used by :func:`quality_diversity`, whose corrected estimator is
+    unbiased but whose bootstrap distribution is not centred on it (a percentile interval then
+    covered the truth 91% of the time in simulation, this one 94%)."""
     import numpy as np
+    from scipy import stats
 
     boot = np.asarray(boot, dtype=float)
-    lo, hi = np.nanquantile(boot, [0.025, 0.975], axis=axis)
-    ok = ~np.isnan(boot)
-    le = np.where(ok, boot <= 0, False).sum(axis=axis) / ok.sum(axis=axis)
-    ge = np.where(ok, boot >= 0, False).sum(axis=axis) / ok.sum(axis=axis)
-    return lo, hi, np.minimum(1.0, 2 * np.minimum(le, ge))
+    boot = boot[~np.isnan(boot)]
+    if len(boot) < 2 or units < 2 or not np.isfinite(est):
+        return np.nan, np.nan, np.nan
+    se = float(boot.std(ddof=1)) * math.sqrt(units / (units - 1))
+    if se == 0:
+        return est, est, np.nan
+    q = float(stats.t.ppf(0.975, units - 1))
+    return est - q * se, est + q * se, float(2 * stats.t.sf(abs(est) / se, units - 1))
 
 
 # ---- quality / diversity ----------------------------------------------------------------------------
@@ -115,62 +124,96 @@ def _diversity_table(proposals, config, prompt, output, embedding, backend):
 
     from .embedding import minilm_encode, similarity_matrix
 
-    rows = []
-    for p, part in proposals.groupby(prompt, sort=False):
-        if embedding is not None:
-            vecs = _unit(np.stack([np.asarray(v, dtype=float) for v in part[embedding]]))
-            sim_all = vecs @ vecs.T
-            pos = np.arange(len(part))
-        else:
-            texts = part[output].astype(str).tolist()
-            uniq = list(dict.fromkeys(texts))
-            where = {t: i for i, t in enumerate(uniq)}
+    cfg_codes, cfgs = pd.factorize(proposals[config])
+    pr_codes, prs = pd.factorize(proposals[prompt])
+    group, _ = pd.factorize(pr_codes.astype(np.int64) * len(cfgs) + cfg_codes)
+    n_groups = int(group.max()) + 1
+    first = np.full(n_groups, -1)
+    first[group[::-1]] = np.arange(len(group))[::-1]  # a row of each group, for its (config, prompt)
+    if embedding is not None:
+        unit = _unit(np.stack([np.asarray(v, dtype=float) for v in proposals[embedding]]))
+        sims = None
+    else:
+        # per prompt: the similarity matrix of its distinct proposals, and each row's place in it
+        texts = proposals[output].astype(str).to_numpy()
+        sims, place = {}, np.zeros(len(texts), dtype=int)
+        for k in range(len(prs)):
+            rows = np.flatnonzero(pr_codes == k)
+            uniq, inv = np.unique(texts[rows], return_inverse=True)
+            place[rows] = inv
             if backend == "minilm":
-                e = minilm_encode(uniq)
-                sim_all = e @ e.T
+                e = minilm_encode(list(uniq))
+                sims[k] = e @ e.T
             else:
-                sim_all = similarity_matrix(uniq, backend="tfidf")
-            pos = np.array([where[t] for t in texts])
-        part_pos = pd.Series(pos, index=part.index)
-        for c, sub in part.groupby(config, sort=False):
-            ix = part_pos[sub.index].to_numpy()
-            rows.append((c, p, vendi_score(sim_all[np.ix_(ix, ix)])))
-    return pd.DataFrame(rows, columns=["config", "prompt", "diversity"])
+                sims[k] = similarity_matrix(list(uniq), backend="tfidf")
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1], True])
+    sizes = np.diff(bounds)
+    div = np.zeros(n_groups)
+    for size in np.unique(sizes):  # groups of one size at a time: a stack of (size x size) matrices
+        starts = bounds[:-1][sizes == size]
+        idx = order[starts[:, None] + np.arange(size)]  # (m, size) rows of each group
+        if sims is None:
+            u = unit[idx]
+            k = np.einsum("mid,mjd->mij", u, u)
+        else:
+            k = np.stack([sims[pr_codes[r[0]]][np.ix_(place[r], place[r])] for r in idx])
+        div[group[idx[:, 0]]] = vendi_score(k) if k.ndim == 3 else vendi_score(k[None])
+    return pd.DataFrame({"config": cfgs[cfg_codes[first]], "prompt": prs[pr_codes[first]], "diversity": div})
 
 
-def _ols_std(q, d, f, w=None):
-    """Batched OLS of f on standardized q and d (rows: configurations; leading axis: replicates),
-    optionally weighted (bootstrap counts). Returns (intercept, beta_q, beta_d, r2) arrays.
-    Standardization: weighted mean 0 and (population) standard deviation 1 across configurations."""
+def _qd_fit(X, present, wp, wc, correct: bool):
+    """The standardized regression of the final score on quality and diversity over
+    configurations, for a batch of replicate weights.
+
+    ``X``: (C, P, 3) per (configuration, prompt) values of quality, diversity, final;
+    ``present``: (C, P) 0/1; ``wp``: (B, P) prompt weights; ``wc``: (B, C) configuration weights.
+    Returns (intercept, b_quality, b_diversity, r2), each (B,).
+
+    The configurations' means are estimated from a finite set of prompts, so the regressors
+    carry measurement error; where quality and diversity are correlated, error in quality leaks
+    into the diversity coefficient (a spurious diversity effect) and attenuates quality's. With
+    ``correct`` the across-configuration moment matrix is corrected by the average sampling
+    covariance of the configurations' means (method of moments, Fuller 1987), estimated from the
+    prompts: ``Var_p(x_cp - mean_c' x_c'p) / n_c`` (deviations from the prompt's mean over
+    configurations, because errors shared by every configuration, a hard prompt, move them
+    together and cancel in the regression). The coefficients are then those of the regression
+    on the configurations' true means, standardized by their true (population) standard
+    deviations."""
     import numpy as np
 
-    if w is None:
-        w = np.ones_like(q)
-    sw = w.sum(axis=-1, keepdims=True)
-
-    def z(x):
-        m = (w * x).sum(axis=-1, keepdims=True) / sw
-        sd = np.sqrt((w * (x - m) ** 2).sum(axis=-1, keepdims=True) / sw)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (x - m) / sd
-
-    X = np.stack([np.ones_like(q), z(q), z(d)], axis=-1)  # (..., C, 3)
-    Xw = X * w[..., None]
-    xtx = np.einsum("...ci,...cj->...ij", Xw, X)
-    xty = np.einsum("...ci,...c->...i", Xw, f)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(xtx).all(axis=(-1, -2)) & (np.abs(np.linalg.det(np.where(np.isfinite(xtx), xtx, 0))) > 1e-12)
-        beta = np.full(xty.shape, np.nan)
-        beta[ok] = np.linalg.solve(xtx[ok], xty[ok][..., None])[..., 0]
-        fit = np.einsum("...ci,...i->...c", X, beta)
-        fm = (w * f).sum(axis=-1, keepdims=True) / sw
-        r2 = 1 - (w * (f - fit) ** 2).sum(axis=-1) / (w * (f - fm) ** 2).sum(axis=-1)
-    return beta[..., 0], beta[..., 1], beta[..., 2], r2
+    W = present[None] * wp[:, None, :]  # (B, C, P)
+    n = W.sum(-1)  # prompts per configuration (with multiplicity)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.einsum("bcp,cpk->bck", W, X) / n[..., None]  # configuration means
+        sw = wc.sum(-1)
+        mbar = np.einsum("bc,bck->bk", wc, m) / sw[:, None]
+        dev = m - mbar[:, None, :]
+        S = np.einsum("bc,bck,bcl->bkl", wc, dev, dev) / sw[:, None, None]
+        if correct:
+            cnt = present.sum(0)  # configurations present in each prompt
+            prompt_mean = (X * present[..., None]).sum(0) / np.maximum(cnt, 1)[:, None]  # (P, 3)
+            xt = X - prompt_mean[None]
+            xt = xt * present[..., None]
+            mt = np.einsum("bcp,cpk->bck", W, xt) / n[..., None]
+            s2 = (np.einsum("bcp,cpk,cpl->bckl", W, xt, xt) - n[..., None, None] * mt[..., :, None] * mt[..., None, :]) \
+                / (n - 1)[..., None, None]
+            omega = np.einsum("bc,bckl->bkl", wc, s2 / n[..., None, None]) / sw[:, None, None]
+            S = S - omega
+        sxx, sxy, syy = S[:, :2, :2], S[:, :2, 2], S[:, 2, 2]
+        det = sxx[:, 0, 0] * sxx[:, 1, 1] - sxx[:, 0, 1] ** 2
+        ok = (det > 1e-15 * np.maximum(sxx[:, 0, 0] * sxx[:, 1, 1], 1e-300)) & (sxx[:, 0, 0] > 0) & (sxx[:, 1, 1] > 0)
+        b = np.full((len(S), 2), np.nan)
+        b[ok] = np.linalg.solve(sxx[ok], sxy[ok][..., None])[..., 0]
+        sd = np.sqrt(np.clip(np.stack([sxx[:, 0, 0], sxx[:, 1, 1]], -1), 0, None))
+        r2 = (b * sxy).sum(-1) / syy
+    return mbar[:, 2], b[:, 0] * sd[:, 0], b[:, 1] * sd[:, 1], r2
 
 
 def quality_diversity(proposals, finals, *, config: str = "config", prompt: str = "prompt", output: str = "output",
                       score: str = "score", embedding: str | None = None, backend: str = "auto",
-                      resample: str = "prompts", n_boot: int = 2000, seed: int = 0, per_config: bool = False):
+                      resample: str = "prompts", n_boot: int = 2000, seed: int = 0, errors_in_variables: bool = True,
+                      per_config: bool = False):
     """Self-MoA's quality/diversity analysis: is a MoA configuration's final score explained by
     the quality or by the diversity of its proposals?
 
@@ -186,12 +229,19 @@ def quality_diversity(proposals, finals, *, config: str = "config", prompt: str 
     distinct proposals; ``backend="auto"`` warns when it falls back to TF-IDF); ``final`` =
     mean final score. Only prompts with both proposals and a final score count.
 
-    **Estimand**: the coefficients of the least-squares fit, over the given configurations,
-    ``final = intercept + b_q * z(quality) + b_d * z(diversity)``, with z standardizing to mean
-    0 and standard deviation 1 across configurations (population sd), so ``b_q`` and ``b_d``
-    are score changes per standard deviation of each, as in Self-MoA; and its R^2.
+    **Estimand**: the coefficients of the least-squares fit, over the given configurations, of
+    their mean final scores on their mean quality and diversity (means over the population of
+    prompts), ``final = intercept + b_q * z(quality) + b_d * z(diversity)``, with z standardizing
+    to mean 0 and standard deviation 1 across configurations (population sd), so ``b_q`` and
+    ``b_d`` are score changes per standard deviation of each, as in Self-MoA; and its R^2.
+    Estimated from finitely many prompts, the regressors carry sampling error, which biases
+    plain least squares (Self-MoA's fit): it attenuates quality and, quality and diversity being
+    correlated, lends diversity a spurious effect (a false-positive rate of 0.13 at 40 prompts
+    in simulation). ``errors_in_variables=True`` (default) corrects the moments for it (see
+    :func:`_qd_fit`); ``False`` gives the plain fit.
 
-    Intervals: percentile bootstrap (``n_boot``) with ``p_value`` of 0 from the same draws.
+    Intervals: ``estimate +- t * SE`` with the bootstrap's standard error (``n_boot`` draws,
+    see :func:`_bootstrap_t`) and ``p_value`` of 0 from the same t.
     ``resample="prompts"`` (default) re-draws prompts and recomputes every configuration's
     quality, diversity and final score on them: the configurations are a designed set judged
     on the *same* prompts, so their errors are correlated through the prompts, and the prompts
@@ -258,26 +308,21 @@ def quality_diversity(proposals, finals, *, config: str = "config", prompt: str 
     present = np.zeros(shape)
     present[ci_, pi_] = 1.0
 
-    def config_means(wp):  # wp: (..., P) prompt weights -> (..., C) means per configuration
-        den = np.einsum("cp,...p->...c", present, wp)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return [np.einsum("cp,...p->...c", mats[k] * present, wp) / den for k in ("quality", "diversity", "final")]
-
-    q, d, f = config_means(np.ones(len(prs)))
-    est = _ols_std(q, d, f)
+    X = np.stack([mats["quality"], mats["diversity"], mats["final"]], axis=-1)
+    ones_p, ones_c = np.ones((1, len(prs))), np.ones((1, n_cfg))
+    est = [float(v[0]) for v in _qd_fit(X, present, ones_p, ones_c, errors_in_variables)]
     rng = np.random.default_rng(seed)
     if resample == "prompts":
         wp = rng.multinomial(len(prs), np.full(len(prs), 1 / len(prs)), size=n_boot).astype(float)
-        qb, db, fb = config_means(wp)
-        boot = _ols_std(qb, db, fb)
+        boot = _qd_fit(X, present, wp, np.ones((n_boot, n_cfg)), errors_in_variables)
     else:
         wc = rng.multinomial(n_cfg, np.full(n_cfg, 1 / n_cfg), size=n_boot).astype(float)
-        boot = _ols_std(np.broadcast_to(q, wc.shape), np.broadcast_to(d, wc.shape), np.broadcast_to(f, wc.shape), wc)
+        boot = _qd_fit(X, present, np.ones((n_boot, len(prs))), wc, errors_in_variables)
     order = {"intercept": 0, "quality": 1, "diversity": 2, "r2": 3}
     rows = []
     for t in terms:
         b = boot[order[t]]
-        lo, hi, p = _percentile(b)
+        lo, hi, p = _bootstrap_t(b, est[order[t]], len(prs) if resample == "prompts" else n_cfg)
         rows.append({"term": t, "estimate": float(est[order[t]]), "ci_low": float(lo), "ci_high": float(hi),
                      "p_value": float(p) if t in ("quality", "diversity") else np.nan, **base})
     coefs = pd.DataFrame(rows, columns=QD_COLUMNS)
