@@ -12,6 +12,7 @@ import math
 import re
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -258,3 +259,12 @@ def test_summary_by_variant(judgebot, tmp_path):
     with pytest.raises(ValueError, match="not a column"):
         J.judge_summary(both, by="nope")
     assert re.search("win_rate", " ".join(s.columns))
+
+
+def test_percentile_interval_agrees_with_its_p_value_at_ties():
+    from moakit.analysis.stats import percentile_interval
+
+    for draws in ([0.0] * 3 + [1.0] * 97, [0.0] * 2 + [1.0] * 98, [-1.0] * 30 + [0.0] * 40 + [1.0] * 30,
+                  list(np.linspace(-0.1, 2, 1000))):
+        lo, hi, p = percentile_interval(draws)
+        assert (p < 0.05) == (not lo <= 0 <= hi), draws[:5]

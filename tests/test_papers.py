@@ -221,3 +221,16 @@ def test_alpaca_eval_outputs_and_leaderboard():
     lb = P.alpaca_eval_leaderboard(path=root).set_index("model")
     assert lb.loc["Together-MoA", "length_controlled_winrate"] == pytest.approx(65.38, abs=0.01)
     assert lb.index.is_unique
+
+
+def test_gains_intervals_and_p_values_agree_even_on_small_binary_data():
+    """0 lies outside the interval exactly when p < 0.05, for every row, also where a small
+    bootstrap's draws tie (binary scores, a handful of prompts)."""
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(5, 30))
+        rows = [{"prompt": p, "source": s, "score": float(rng.random() < mu)} for p in range(n)
+                for s, mu in (("a", 0.4), ("b", 0.5), ("c", 0.55), ("moa", rng.choice([0.3, 0.55, 0.8])))]
+        g = P.gains(pd.DataFrame(rows), "moa", output=None, n_boot=300, seed=seed).dropna(subset=["p_value", "ci_low"])
+        outside = ~((g["ci_low"] <= 0) & (0 <= g["ci_high"]))
+        assert ((g["p_value"] < 0.05) == outside).all(), (seed, g)

@@ -31,7 +31,7 @@ import re
 from typing import Any, Sequence
 
 from .scorers import Scorer
-from .stats import cluster_share, mean_interval
+from .stats import cluster_share, mean_interval, percentile_interval
 
 __all__ = ["JUDGE_SYSTEM", "JUDGE_USER", "JUDGE_USER_JSON", "VERDICT_SCHEMA", "parse_verdict", "read_judgements",
            "LLMJudge", "llm_judge", "judge_summary", "judge_agreement", "cohen_kappa", "JUDGEMENT_COLUMNS",
@@ -491,9 +491,8 @@ def cohen_kappa(x: Sequence[Any], y: Sequence[Any], *, clusters: Sequence[Any] |
     boot = boot[~np.isnan(boot)]
     if len(boot) < n_boot // 2:
         return res
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))
-    res.update(ci_low=float(lo), ci_high=float(hi), p_value=float(p))
+    lo, hi, p = percentile_interval(boot)
+    res.update(ci_low=lo, ci_high=hi, p_value=p)
     return res
 
 

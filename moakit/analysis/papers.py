@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -104,7 +105,7 @@ def _bootstrap_t(boot, est, units: int):
     from scipy import stats
 
     boot = np.asarray(boot, dtype=float)
-    boot = boot[~np.isnan(boot)]
+    boot = boot[np.isfinite(boot)]
     if len(boot) < 2 or units < 2 or not np.isfinite(est):
         return np.nan, np.nan, np.nan
     se = float(boot.std(ddof=1)) * math.sqrt(units / (units - 1))
@@ -206,7 +207,9 @@ def _qd_fit(X, present, wp, wc, correct: bool):
         b = np.full((len(S), 2), np.nan)
         b[ok] = np.linalg.solve(sxx[ok], sxy[ok][..., None])[..., 0]
         sd = np.sqrt(np.clip(np.stack([sxx[:, 0, 0], sxx[:, 1, 1]], -1), 0, None))
-        r2 = (b * sxy).sum(-1) / syy
+        # corrected R^2: the share of the true means' variance explained; with few prompts the
+        # corrected variances are noisy and the ratio can leave [0, 1], so it is clipped there
+        r2 = np.clip((b * sxy).sum(-1) / syy, 0.0, 1.0)
     return mbar[:, 2], b[:, 0] * sd[:, 0], b[:, 1] * sd[:, 1], r2
 
 
@@ -241,7 +244,8 @@ def quality_diversity(proposals, finals, *, config: str = "config", prompt: str 
     :func:`_qd_fit`); ``False`` gives the plain fit.
 
     Intervals: ``estimate +- t * SE`` with the bootstrap's standard error (``n_boot`` draws,
-    see :func:`_bootstrap_t`) and ``p_value`` of 0 from the same t.
+    see :func:`_bootstrap_t`) and ``p_value`` of 0 from the same t; for R^2 (bounded,
+    descriptive) the bootstrap percentiles and no test.
     ``resample="prompts"`` (default) re-draws prompts and recomputes every configuration's
     quality, diversity and final score on them: the configurations are a designed set judged
     on the *same* prompts, so their errors are correlated through the prompts, and the prompts
@@ -255,6 +259,7 @@ def quality_diversity(proposals, finals, *, config: str = "config", prompt: str 
     import pandas as pd
 
     from .embedding import resolve_backend
+    from .stats import percentile_interval
 
     _need(proposals, [config, prompt, score, embedding or output], "quality_diversity")
     if resample not in ("prompts", "configurations"):
@@ -322,7 +327,10 @@ def quality_diversity(proposals, finals, *, config: str = "config", prompt: str 
     rows = []
     for t in terms:
         b = boot[order[t]]
-        lo, hi, p = _bootstrap_t(b, est[order[t]], len(prs) if resample == "prompts" else n_cfg)
+        if t == "r2":  # bounded and descriptive: its bootstrap percentiles, no test
+            lo, hi, p = percentile_interval(b)
+        else:
+            lo, hi, p = _bootstrap_t(b, est[order[t]], len(prs) if resample == "prompts" else n_cfg)
         rows.append({"term": t, "estimate": float(est[order[t]]), "ci_low": float(lo), "ci_high": float(hi),
                      "p_value": float(p) if t in ("quality", "diversity") else np.nan, **base})
     coefs = pd.DataFrame(rows, columns=QD_COLUMNS)
@@ -330,6 +338,18 @@ def quality_diversity(proposals, finals, *, config: str = "config", prompt: str 
 
 
 # ---- gains over proposers ----------------------------------------------------------------------------
+def _critical(draws, alpha: float) -> float:
+    """The bootstrap critical value c with ``stat > c`` exactly when ``P*(draw >= stat) < alpha``:
+    the sorted draw at index floor((1 - alpha) m). So an interval built from c and the p-value
+    ``P*(draw >= stat)`` agree, even where a small bootstrap's draws tie."""
+    import numpy as np
+
+    if len(draws) == 0:
+        return np.nan
+    x = np.sort(np.asarray(draws, dtype=float))
+    return float(x[min(int(np.floor((1 - alpha) * len(x))), len(x) - 1)])
+
+
 def gains(frame, final: str | Sequence[str], *, prompt: str = "prompt", source: str = "source", score: str = "score",
           output: str | None = "output", proposers: Sequence[str] | None = None, n_boot: int = 4000, seed: int = 0,
           per_prompt: bool = False):
@@ -405,11 +425,18 @@ def gains(frame, final: str | Sequence[str], *, prompt: str = "prompt", source: 
         wts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float) / n
         m1, m2 = wts @ D, wts @ (D * D)
         se_b = np.sqrt(np.clip(m2 - m1 * m1, 0, None) * n / (n - 1) / n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tb = (dbar - m1) / se_b  # bootstrap analogue of (true - estimate) / se
-        c_up = float(np.nanquantile(np.nanmax(tb, axis=1), 0.975))  # one-sided simultaneous upper
-        c_two = float(np.nanquantile(np.nanmax(np.abs(tb), axis=1), 0.95))  # two-sided simultaneous
-        t_obs = dbar / se
+        # a proposer whose difference from the final never varies (both always right, say) has
+        # no standard error: it drops out of the max-t statistics (NaN), as it should
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            tb = np.where(se_b > 0, (dbar - m1) / se_b, np.nan)  # bootstrap analogue of (true - estimate) / se
+            tb[:, ~(se > 0)] = np.nan
+            # the max over proposers of each resample; resamples where no proposer varies are
+            # left out of the critical values and of the p-values alike, so the two agree
+            max_t, max_abs = np.nanmax(tb, axis=1), np.nanmax(np.abs(tb), axis=1)
+            max_t, max_abs = max_t[np.isfinite(max_t)], max_abs[np.isfinite(max_abs)]
+            c_up, c_two = _critical(max_t, 0.025), _critical(max_abs, 0.05)
+            t_obs = dbar / se
         flen = float(lens.loc[ok, fin].mean()) if has_len else np.nan
         plen = lens.loc[ok, props] if has_len else None
 
@@ -423,19 +450,21 @@ def gains(frame, final: str | Sequence[str], *, prompt: str = "prompt", source: 
         row("mean proposer", "mean of proposers", mean_p.mean(), g, lo, hi, p,
             plen.to_numpy(float).mean() if has_len else np.nan, "t")
         best_j = int(np.argmax(S.mean(axis=0)))
-        lo_b = float(np.nanmin(dbar - tq * se))
-        hi_b = float(np.nanmin(dbar + c_up * se))
-        p_iut = float(np.nanmax(stats.t.sf(t_obs, n - 1)))  # every difference > 0 (intersection-union)
-        p_any = float(np.nanmean(np.nanmax(tb, axis=1) >= np.nanmax(-t_obs)))  # some proposer beats the final
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo_b = float(np.nanmin(dbar - tq * se))
+            hi_b = float(np.nanmin(dbar + c_up * se))
+            p_iut = float(np.nanmax(stats.t.sf(t_obs, n - 1)))  # every difference > 0 (intersection-union)
+            p_any = float(np.mean(max_t >= np.nanmax(-t_obs))) if len(max_t) else np.nan  # some proposer beats it
         row("best proposer", props[best_j], S.mean(axis=0)[best_j], float(np.min(dbar)), lo_b, hi_b,
-            min(1.0, 2 * min(p_iut, p_any)), plen[props[best_j]].mean() if has_len else np.nan, "t / max-t")
+            min(1.0, 2 * np.nanmin([p_iut, p_any])), plen[props[best_j]].mean() if has_len else np.nan, "t / max-t")
         g, lo, hi, p = t_interval(F - oracle)
         if has_len:
             pick = plen.to_numpy(float)[np.arange(n), np.argmax(S, axis=1)]
         row("oracle best-of-n", "best proposal per prompt", oracle.mean(), g, lo, hi, p,
             pick.mean() if has_len else np.nan, "t")
         for j, name in enumerate(props):
-            p_adj = float(np.nanmean(np.nanmax(np.abs(tb), axis=1) >= abs(t_obs[j]))) if se[j] > 0 else np.nan
+            p_adj = float(np.mean(max_abs >= abs(t_obs[j]))) if se[j] > 0 and len(max_abs) else np.nan
             row(f"proposer: {name}", name, S[:, j].mean(), dbar[j], dbar[j] - c_two * se[j], dbar[j] + c_two * se[j],
                 p_adj, plen[name].mean() if has_len else np.nan, "max-t")
         if per_prompt:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["Z95", "wilson", "mean_interval", "cluster_share", "t_interval"]
+__all__ = ["Z95", "wilson", "mean_interval", "cluster_share", "t_interval", "percentile_interval"]
 
 Z95 = 1.959963984540054
 
@@ -80,3 +80,20 @@ def cluster_share(num: Sequence[float], den: Sequence[float], null: float = 0.5)
         lo, hi = wilson(p, total)
         return p, lo, hi, float(2 * stats.norm.sf(abs(p - null) / math.sqrt(null * (1 - null) / total)))
     return p, p - Z95 * se, p + Z95 * se, float(2 * stats.norm.sf(abs(p - null) / se))
+
+
+def percentile_interval(draws: Sequence[float]) -> tuple[float, float, float]:
+    """95% percentile interval of bootstrap draws and the p-value of 0 read from the same draws,
+    ``2 * min(P*(draw <= 0), P*(draw >= 0))``, built so that the interval excludes 0 exactly
+    when p < 0.05 (the bounds are order statistics, not interpolated quantiles, which could
+    disagree with the count at ties). NaN draws are dropped."""
+    import numpy as np
+
+    x = np.sort(np.asarray(draws, dtype=float))
+    x = x[~np.isnan(x)]
+    m = len(x)
+    if m == 0:
+        return math.nan, math.nan, math.nan
+    k = max(math.ceil(0.025 * m) - 1, 0)
+    p = min(1.0, 2 * min(int((x <= 0).sum()), int((x >= 0).sum())) / m)
+    return float(x[k]), float(x[m - 1 - k]), float(p)
