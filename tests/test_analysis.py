@@ -4,8 +4,9 @@ The bias tests run the real engine -> client -> litellm path against a *scripted
 litellm custom provider registered here (``scripted/...``) that answers deterministically from
 a hash of the request. Its aggregators copy the response at position 1 with a known
 probability p (otherwise a uniformly chosen one), its rankers put position 1 first with
-probability p: positional_bias must recover p. The ablation, impact and AlpacaEval tests run
-the embedded model with small max_tokens.
+probability p: positional_bias must recover p. The ablation and AlpacaEval tests run the
+embedded model with small max_tokens. Impact is tested in test_impact.py, the ablation
+statistics in test_ablation.py.
 """
 
 from __future__ import annotations
@@ -461,49 +462,3 @@ def test_alpaca_outputs_as_proposals_positional_bias_of_embedded_aggregator(tmp_
         return
     view = BiasView(bias)
     assert view.spec and len(view.table) == len(bias)
-
-
-# ---- impact ------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_impact_grid_two_aggregators_two_proposer_sets(tmp_path):
-    from moakit.analysis import IMPACT_COLUMNS, TABLE4_COLUMNS, impact, impact_summary, questions, table4
-
-    qs = questions().iloc[[0, 22, 30]]
-    store = moakit.TraceStore(tmp_path / "impact.db")
-    out = impact(["agg-a", "agg-b"], {"set1": ["p1", "p2"], "set2": ["p3", "p4"]}, qs,
-                 scorer=S.embedding_similarity("tfidf"), models="local", store=store, max_tokens=12, seed=0,
-                 progress=False, n_boot=200, n_perm=200)
-    assert list(out.columns) == IMPACT_COLUMNS
-    cells = out[out["level"] == "cell"]
-    assert len(cells) == 4 and set(zip(cells["aggregator"], cells["proposers"])) == {
-        ("agg-a", "set1"), ("agg-a", "set2"), ("agg-b", "set1"), ("agg-b", "set2")}
-    # proposals are made once per set and replayed for the second aggregator
-    assert cells["calls_paid"].sum() == 3 * 4 * 3 - 12 and cells["calls_reused"].sum() == 12
-    eff = out[out["level"] == "effect"].set_index("factor")
-    assert set(eff.index) == {"aggregator", "proposers", "ratio"}
-    for f in ("aggregator", "proposers"):
-        assert math.isfinite(eff.loc[f, "score"]) and eff.loc[f, "score"] >= 0
-        assert eff.loc[f, "ci_low"] <= eff.loc[f, "score"] + 1e-9 and 0 < eff.loc[f, "p_value"] <= 1
-    marg = out[out["level"] == "aggregator"].set_index("aggregator")["score"]
-    assert eff.loc["aggregator", "score"] == pytest.approx(abs(marg["agg-a"] - marg["agg-b"]))
-    # differently named agents on the one embedded model are different samples
-    calls = store.calls()
-    props = calls[(calls["step"] == "Propose") & ~calls["cached"]]
-    assert len(props) == 12 and (props.groupby("trace_id")["output"].nunique() == 2).sum() >= 4
-    t4 = table4(out, scale=100)
-    assert list(t4.columns) == TABLE4_COLUMNS and list(t4["model"]) == ["agg-a", "agg-b", "set1", "set2"]
-    assert t4.loc[t4["model"] == "agg-a", "as_proposer"].isna().all()
-    assert "aggregator" in impact_summary(out)
-
-
-def test_paper_table4_and_input_checks():
-    from moakit.analysis import impact, paper_table4
-
-    t = paper_table4()
-    assert len(t) == 6 and t.loc[t["model"] == "Qwen1.5-110B-Chat", "as_aggregator"].item() == 61.3
-    spread = (t["as_aggregator"].max() - t["as_aggregator"].min()) / (t["as_proposer"].max() - t["as_proposer"].min())
-    assert 1.8 < spread < 2.0  # "the aggregator matters about twice as much"
-    with pytest.raises(ValueError, match="proposer_sets"):
-        impact(["x"], ["a", "b"], ["q"], scorer=lambda o: 1.0, models="local")
-    with pytest.raises(ValueError, match="aggregators"):
-        impact("x", {"s": ["a"]}, ["q"], scorer=lambda o: 1.0, models="local")

@@ -327,34 +327,45 @@ def test_ablation_view_shows_scores_cost_and_reuse():
     assert v.table_columns()[:4] == ["variant", "score", "ci_low", "ci_high"]
 
 
-def test_impact_view_shows_grid_margins_and_table4():
-    from moakit.analysis import reading, table4
+def test_impact_view_of_a_paper_design_result_shows_table4_beside_the_paper():
+    import numpy as np
 
+    from moakit.analysis import impact_statistics, reading, table4
+
+    rng = np.random.default_rng(0)
+    names = ["qwen1.5-110b-chat", "dbrx-instruct", "wizardlm-2-8x22b"]
     rows = []
-    for a, sa in (("agg1", 0.6), ("agg2", 0.4)):
-        for p, sp in (("set1", 0.05), ("set2", -0.05)):
-            rows.append({"level": "cell", "factor": None, "aggregator": a, "proposers": p, "score": sa + sp,
-                         "ci_low": sa + sp - 0.1, "ci_high": sa + sp + 0.1, "n": 10})
-    rows += [{"level": "aggregator", "factor": "aggregator", "aggregator": "agg1", "score": 0.6, "ci_low": 0.5,
-              "ci_high": 0.7, "n": 10},
-             {"level": "aggregator", "factor": "aggregator", "aggregator": "agg2", "score": 0.4, "ci_low": 0.3,
-              "ci_high": 0.5, "n": 10},
-             {"level": "proposers", "factor": "proposers", "proposers": "set1", "score": 0.55, "ci_low": 0.45,
-              "ci_high": 0.65, "n": 10},
-             {"level": "proposers", "factor": "proposers", "proposers": "set2", "score": 0.45, "ci_low": 0.35,
-              "ci_high": 0.55, "n": 10},
-             {"level": "effect", "factor": "aggregator", "score": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 10,
-              "p_value": 0.01},
-             {"level": "effect", "factor": "proposers", "score": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 10,
-              "p_value": 0.2},
-             {"level": "effect", "factor": "ratio", "score": 2.0, "ci_low": 0.8, "ci_high": 5.0, "n": 10}]
-    df = pd.DataFrame(rows)
+    for p in range(30):
+        for i, n in enumerate(names):
+            rows.append({"arm": "aggregator", "aggregator": n, "proposers": "all", "item": p,
+                         "score": float(rng.random() < 0.3 + 0.2 * i)})
+            rows.append({"arm": "proposer", "aggregator": names[0], "proposers": n, "item": p,
+                         "score": float(rng.random() < 0.5)})
+    df = impact_statistics(pd.DataFrame(rows), n_perm=200, n_boot=100)
     v = ImpactView(df)
-    assert v.reading == reading(df) and "2.0x" in v.reading
-    assert list(v.table4["model"]) == list(table4(df)["model"]) == ["agg1", "agg2", "set1", "set2"]
+    assert v.reading == reading(df) and "aggregator effect SD" in v.reading
+    assert list(v.table4["model"]) == list(table4(df)["model"]) == ["qwen1.5-110b-chat", "wizardlm-2-8x22b",
+                                                                     "dbrx-instruct"]
     assert list(v.effects["factor"]) == ["aggregator", "proposers", "ratio"]
+    assert len(v.contrasts) == 6
+    titles = [c["title"]["text"] if isinstance(c["title"], dict) else c["title"] for c in v.spec["vconcat"]]
+    assert titles[1:] == ["mean score of each level", "pairwise contrasts",
+                          "effect of each choice (debiased SD of its level means)"]
     html = html_of(v.widget())
-    assert "Table 4 layout" in html and "<svg" in html and "0.600 [0.500, 0.700]" in html
+    assert "Table 4 layout" in html and "<svg" in html and "61.3" in html and "63.8" in html
+    qwen = v.table4.iloc[0]
+    assert f"{qwen['as_aggregator']:.1f} [{qwen['as_aggregator_ci_low']:.1f}, " in html
+
+
+def test_impact_view_of_a_grid_has_no_table4():
+    from moakit.analysis import impact_statistics
+
+    rows = [{"aggregator": a, "proposers": s, "item": p, "score": float((p + i + j) % 3 == 0)}
+            for p in range(12) for i, a in enumerate(["agg1", "agg2"]) for j, s in enumerate(["set1", "set2"])]
+    v = ImpactView(impact_statistics(pd.DataFrame(rows), n_perm=100, n_boot=50))
+    assert v.table4 is None
+    html = html_of(v.widget())
+    assert "Table 4 layout" not in html and "effects" in html and "<svg" in html
 
 
 # ---- a notebook executed headless keeps its widgets ---------------------------------------------
