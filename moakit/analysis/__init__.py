@@ -1,6 +1,11 @@
 """Research analyses over traces, each returning a pandas DataFrame (the widgets draw them).
 
-* :func:`positional_bias` / :func:`bias_summary`: does the aggregator favour a position?
+* :func:`positional_bias` / :func:`bias_summary`: does the aggregator draw on a response because
+  of the position it was shown at (or its source agent)? Estimated where the order was randomized.
+* :func:`choice_model` / :func:`choice_summary`: a conditional logit of which shown response an
+  output draws on, with position, source agent and length as terms.
+* :func:`attribute` / :func:`bias_inputs` / :func:`design_columns`: the length-neutral attribution
+  and the per-call design (randomized order, variant, item, repeat) both analyses read.
 * :func:`ablate` / :func:`robustness_variants`: pipeline variants (Shuffle, Dropout, ...) scored
   with intervals, identical calls paid once.
 * :func:`impact` / :func:`table4` / :func:`impact_summary`: aggregator vs proposer choice.
@@ -22,6 +27,8 @@ from .impact import impact  # noqa: E402,F401
 
 _EXPORTS = {
     "positional_bias": "bias", "bias_summary": "bias", "bias_inputs": "bias", "BIAS_COLUMNS": "bias",
+    "choice_model": "choice", "choice_summary": "choice", "CHOICE_COLUMNS": "choice",
+    "attribute": "attribution", "design_columns": "design",
     "ablate": "ablation", "ablation_summary": "ablation", "robustness_variants": "ablation",
     "ABLATION_COLUMNS": "ablation", "ITEM_COLUMNS": "ablation",
     "table4": "impact", "paper_table4": "impact", "impact_summary": "impact",
@@ -31,18 +38,24 @@ _EXPORTS = {
     "embedding_similarity": "scorers", "llm_judge": "scorers",
 }
 
-__all__ = sorted([*_EXPORTS, "impact", "questions", "reading", "scorers", "bias", "ablation"])
+__all__ = sorted([*_EXPORTS, "impact", "questions", "reading", "scorers", "bias", "ablation", "choice",
+                  "attribution", "design"])
 
 
 def reading(df) -> str:
     """The one-line reading of any analysis DataFrame of this package: positional bias
-    (:func:`bias_summary`), impact (:func:`impact_summary`) or ablation (each variant against
-    the baseline). The widgets show it under their charts."""
+    (:func:`bias_summary`), the choice model (:func:`choice_summary`), impact
+    (:func:`impact_summary`) or ablation (each variant against the baseline). The widgets show
+    it under their charts."""
     cols = set(getattr(df, "columns", ()))
-    if {"influence", "position", "measure"} <= cols:
+    if {"excess", "share", "chance", "measure"} <= cols:
         from .bias import bias_summary
 
         return bias_summary(df)
+    if {"term", "coef", "odds_ratio"} <= cols:
+        from .choice import choice_summary
+
+        return choice_summary(df)
     if {"level", "factor", "aggregator", "proposers"} <= cols:
         from .impact import impact_summary
 
@@ -76,7 +89,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f"moakit.analysis.{_EXPORTS[name]}"), name)
         globals()[name] = value
         return value
-    if name in ("scorers", "bias", "ablation"):
+    if name in ("scorers", "bias", "ablation", "choice", "attribution", "design"):
         return importlib.import_module(f"moakit.analysis.{name}")
     raise AttributeError(f"module 'moakit.analysis' has no attribute {name!r}")
 
