@@ -93,7 +93,8 @@ def test_design_follows_each_runs_steps(stub, tmp_path):
                       ("self_moa", 1): {"exchangeable"}, ("mapped", 3): {"shuffled"}}
     assert (d["randomized"] == d["design"].isin(["shuffled", "exchangeable"])).all()
     # after Map the shown text is not the producing call's output: not known, so not attributed
-    assert not d.loc[d["variant"] == "mapped", "shown_known"].any() and d.loc[d["variant"] != "mapped", "shown_known"].all()
+    mapped = d["variant"] == "mapped"
+    assert not d.loc[mapped, "shown_known"].any() and d.loc[~mapped, "shown_known"].all()
     # one item per prompt across variants, one repeat per seed
     assert d.groupby("item")["variant"].nunique().eq(len(variants)).all() and d["item"].nunique() == 3
     assert d.groupby("item")["repeat"].nunique().eq(1).all()
@@ -304,7 +305,8 @@ def test_choice_model_terms_and_what_it_cannot_separate():
     cm = choice_model(frame, variant="shuffle")
     assert list(cm.columns) == CHOICE_COLUMNS
     coef = {(r.term, r.level): r for r in cm.itertuples()}
-    assert coef[("position", "2")].ci_low <= -1.0 <= coef[("position", "2")].ci_high and coef[("position", "2")].p_holm < 0.05
+    pos2 = coef[("position", "2")]
+    assert pos2.ci_low <= -1.0 <= pos2.ci_high and pos2.p_holm < 0.05
     assert coef[("agent", "b")].ci_high < 0 and coef[("agent", "b")].reference == "a"  # a is preferred to b
     assert coef[("log_length", "")].ci_low <= 0.7 <= coef[("log_length", "")].ci_high
     assert coef[("log_length", "")].odds_ratio == pytest.approx(2 ** coef[("log_length", "")].coef)
@@ -354,7 +356,8 @@ def test_alpaca_outputs_as_proposals_positional_bias_of_embedded_aggregator(tmp_
     outputs = {}
     for g in generators:
         assert store.import_outputs(ALPACA / g / "model_outputs.json", agent=g) > 700
-        outputs[g] = {r["instruction"]: r["output"] for r in json.loads((ALPACA / g / "model_outputs.json").read_text())}
+        rows = json.loads((ALPACA / g / "model_outputs.json").read_text())
+        outputs[g] = {r["instruction"]: r["output"] for r in rows}
     # the few dozen prompts whose three answers are shortest keep the embedded aggregator quick
     common = set.intersection(*(set(o) for o in outputs.values()))
     prompts = sorted(common, key=lambda q: sum(len(outputs[g][q]) for g in generators))[:24]

@@ -31,23 +31,28 @@ their own rows (``randomized=False``) as a description with no p-value: there a 
 mostly one agent, and ``cramers_v`` (position x source agent, 1 = each position always the
 same agent) says how tangled the two are. Dropout keeps relative order and separates nothing.
 
-**Inference.** ``T_k = excess_k / se_k``, with ``se_k`` the cluster-robust (delta-method)
-standard error over clusters of calls that share randomness (item x repeat: the calls of one
-run share proposals and a permutation; variants of one item share proposals). The reference
-distribution of ``max_k |T_k|``:
+**Inference.** For each row, ``T_k = excess_k / se_k(0)``, where ``se_k(d)`` is the
+cluster-robust (delta-method) standard error of the excess evaluated at the hypothesised
+value ``d`` (score type, as Wilson's interval is for a proportion), over clusters of calls
+that share randomness (item x repeat: the calls of one run share proposals and a
+permutation; variants of one item share proposals). The reference distribution of
+``max_k |T_k|``:
 
 * positions on randomized calls: a **randomization test** that re-draws the design's own
   randomization: within each cluster one random ranking of every source shown, which each call's
   list follows (calls of a Synthesize layer, shown one list, get one new order). Exact under the
   sharp null "the output does not depend on the order", whatever the clustering; studentized,
   so also asymptotically valid for the weak null of zero excess (Chung & Romano, 2013);
-* agents, and fixed-order calls: a cluster **multiplier bootstrap** (Rademacher weights).
+* agents, and fixed-order calls: a wild cluster bootstrap with the null imposed (Rademacher
+  signs on each cluster's deviation from chance).
 
-``p_value`` is the single-step max-T adjusted p (simultaneous over the rows of a block), and
-the interval is ``excess +/- q * se`` with ``q`` the same reference distribution's critical
-value: a row's interval excludes 0 exactly when its ``p_value <= alpha``, and the intervals
-hold simultaneously for every row of a block (so the largest row's interval is valid for the
-row picked as largest). The block's overall test (``attrs["blocks"]``) is the same max-T.
+``p_value`` is the single-step max-T adjusted p (simultaneous over the rows of a block). The
+interval inverts the same test: every ``d`` with ``|excess - d| <= q * se(d)``, ``q`` the
+reference distribution's critical value (a quadratic in ``d``: a cluster-robust Wilson-type
+interval). So a row's interval excludes 0 exactly when its ``p_value <= alpha``, and the
+intervals hold simultaneously for every row of a block (the largest row's interval stays valid
+for the row picked as largest; its point estimate, the largest of several, is biased upward).
+The block's overall test (``attrs["blocks"]``) is the same max-T.
 """
 
 from __future__ import annotations
@@ -248,18 +253,47 @@ class _Block:
         self.rows = r
 
     def estimate(self, S=None):
-        """(excess, se, per-cluster influence u) from cluster sums; ``S`` may carry leading
-        draw axes (re-drawn picks): shapes (..., G, L)."""
+        """(excess, se0) from cluster sums ``S`` (default: the observed picks; may carry
+        leading draw axes: shapes (..., G, L)). ``se0`` is the cluster-robust standard error
+        evaluated at excess 0 (score type): ``se(d)^2 = G/(G-1) * sum_g (N_g - d*D_g)^2 / D^2``
+        with ``N_g = S_g - E_g``, ``D_g = A_g - E_g``, ``D = sum_g D_g``."""
         import numpy as np
 
         S = self.S if S is None else S
         G = len(self.clusters)
         D = (self.A - self.E).sum(0)
+        N = S - self.E
         with np.errstate(invalid="ignore", divide="ignore"):
-            est = (S.sum(-2) - self.E.sum(0)) / D
-            u = ((S - self.E) - est[..., None, :] * (self.A - self.E)) / D
-            se = np.sqrt(G / (G - 1) * (u ** 2).sum(-2)) if G > 1 else np.full(est.shape, np.nan)
-        return est, se, u
+            est = N.sum(-2) / D
+            se0 = np.sqrt(G / (G - 1) * (N ** 2).sum(-2)) / D if G > 1 else np.full(est.shape, np.nan)
+        return est, se0
+
+    def interval(self, q: float):
+        """Per label, the excesses ``d`` not rejected at critical value ``q``:
+        ``(est - d)^2 <= q^2 se(d)^2``, a quadratic in ``d`` (a cluster-robust Wilson-type
+        interval), clipped to the range an excess can take. It excludes 0 exactly when
+        ``|est| / se0 > q``."""
+        import numpy as np
+
+        G = len(self.clusters)
+        Dg = self.A - self.E
+        D = Dg.sum(0)
+        N = self.S - self.E
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = N.sum(0) / D
+            k = q * q * G / (G - 1) / D ** 2
+            a = 1 - k * (Dg ** 2).sum(0)
+            b = -2 * est + 2 * k * (N * Dg).sum(0)
+            c = est ** 2 - k * (N ** 2).sum(0)
+            root = np.sqrt(np.maximum(b * b - 4 * a * c, 0))
+            lo, hi = (-b - root) / (2 * a), (-b + root) / (2 * a)
+            chance = self.E.sum(0) / self.A.sum(0)
+            floor = -chance / (1 - chance)
+        bounded = a > 0  # else too few clusters for the test to exclude any value: the whole range
+        lo = np.where(bounded, np.fmax(lo, floor), floor)
+        hi = np.where(bounded, np.fmin(hi, 1.0), 1.0)
+        lo, hi = np.fmin(lo, est), np.fmax(hi, est)
+        return np.where(np.isfinite(est), lo, np.nan), np.where(np.isfinite(est), hi, np.nan)
 
 
 def _tstat(est, se):
@@ -296,7 +330,7 @@ def _randomization_max(block: _Block, draws: int, rng, budget: int = 4_000_000):
     g_pick = block.cl_of_call[pc]
     G, L = block.S.shape
     n_keys = int(key.max()) + 1
-    est_obs, se_obs, _ = block.estimate()
+    est_obs, _ = block.estimate()
     valid = np.isfinite(est_obs) & ((block.A - block.E).sum(0) > 0)
     out = np.empty(draws)
     chunk = max(1, min(draws, budget // max(1, len(pair_row) + G * L)))
@@ -308,31 +342,34 @@ def _randomization_max(block: _Block, draws: int, rng, budget: int = 4_000_000):
         newpos = np.add.reduceat(before, pair_bounds, axis=1) if len(pair_bounds) else np.zeros((b, 0), int)
         flat = (np.arange(b)[:, None] * (G * L) + g_pick[None, :] * L + newpos).ravel()
         S = np.bincount(flat, minlength=b * G * L).reshape(b, G, L).astype(float)
-        est, se, _ = block.estimate(S)
-        t = _tstat(est, se)[:, valid]
+        est, se0 = block.estimate(S)
+        t = _tstat(est, se0)[:, valid]
         out[done:done + b] = np.nanmax(t, axis=1) if t.shape[1] else 0.0
         done += b
     return out
 
 
 def _multiplier_max(block: _Block, draws: int, rng, budget: int = 4_000_000):
-    """``draws`` values of max_k |T*_k| of the cluster multiplier (Rademacher) bootstrap."""
+    """``draws`` values of max_k |T*_k| of the cluster multiplier (Rademacher) bootstrap with
+    the null imposed: the clusters' deviations from chance, ``N_g = S_g - E_g``, sign-flipped
+    (a wild cluster bootstrap with restricted residuals, better sized than unrestricted ones)."""
     import numpy as np
 
-    est, se, u = block.estimate()
+    est, se0 = block.estimate()
     G = len(block.clusters)
-    valid = np.isfinite(est) & np.isfinite(se) & (se > 0)
+    valid = np.isfinite(est) & np.isfinite(se0) & (se0 > 0)
     out = np.empty(draws)
     if not valid.any():
         return np.zeros(draws)
-    uv, sev = u[:, valid], se[valid]
+    D = (block.A - block.E).sum(0)
+    n = ((block.S - block.E) / D)[:, valid]
     chunk = max(1, min(draws, budget // max(1, G)))
     done = 0
     while done < draws:
         b = min(chunk, draws - done)
         w = rng.choice((-1.0, 1.0), size=(b, G))
-        z = math.sqrt(G / (G - 1)) * (w @ uv)
-        out[done:done + b] = np.max(np.abs(z) / sev, axis=1)
+        z = math.sqrt(G / (G - 1)) * (w @ n)
+        out[done:done + b] = np.max(np.abs(z) / se0[valid], axis=1)
         done += b
     return out
 
@@ -355,7 +392,7 @@ def _block_rows(rows, label: str, randomized: bool, cluster_cols, draws: int, al
 
     used = rows[rows["status"].isin(PICKED)]
     blk = _Block(used, label, cluster_cols)
-    est, se, _ = blk.estimate()
+    est, se0 = blk.estimate()
     A, E, S = blk.A.sum(0), blk.E.sum(0), blk.S.sum(0)
     G = len(blk.clusters)
     test_method = None
@@ -368,16 +405,11 @@ def _block_rows(rows, label: str, randomized: bool, cluster_cols, draws: int, al
             test_method = "randomization (the design's permutations re-drawn), studentized max-T"
         else:
             null = _multiplier_max(blk, draws, rng)
-            test_method = "cluster multiplier bootstrap, studentized max-T"
+            test_method = "wild cluster bootstrap (null imposed), studentized max-T"
         q = _critical(null, alpha)
-        t = _tstat(est, se)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lo, hi = est - q * se, est + q * se
-            chance = E / A
-            floor = -chance / (1 - chance)
-        lo = np.where(se > 0, np.fmax(lo, floor), est)
-        hi = np.where(se > 0, np.minimum(hi, 1.0), est)
+        lo, hi = blk.interval(q)
         if randomized:
+            t = _tstat(est, se0)
             exceed = (null[None, :] >= np.nan_to_num(t, nan=np.inf)[:, None] - 1e-12).sum(1)
             p = np.where(np.isnan(t), np.nan, (1 + exceed) / (len(null) + 1))
             if not np.isnan(t).all():

@@ -252,7 +252,8 @@ def choice_summary(df) -> str:
             mark = " *" if r["p_holm"] <= 1 - level else ""
             parts.append(f"{what}: odds x{r['odds_ratio']:.2f} [{lo:.2f}, {hi:.2f}]{mark}")
         fit = next((f for f in df.attrs.get("fits", []) if f.get("variant") == v), {})
-        dropped = [f"{d['term']} {d['level']}".strip() for d in fit.get("dropped", []) if d["why"].startswith("collinear")]
+        dropped = [f"{d['term']} {d['level']}".strip() for d in fit.get("dropped", [])
+                   if d["why"].startswith("collinear")]
         note = (f"; dropped as not separable from the other terms in these calls: {', '.join(dropped)}"
                 if dropped else "")
         lines.append(f"{v} ({int(g['n_calls'].iloc[0])} attributed calls, {int(g['n_clusters'].iloc[0])} clusters): "
