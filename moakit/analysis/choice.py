@@ -36,6 +36,7 @@ __all__ = ["choice_model", "choice_summary", "CHOICE_COLUMNS"]
 CHOICE_COLUMNS = ["variant", "term", "level", "reference", "coef", "se", "ci_low", "ci_high", "odds_ratio",
                   "p_value", "p_holm", "n_calls", "n_clusters"]
 TERMS = ("position", "agent", "length")
+SEPARATION = 10.0  # |log odds ratio| beyond which a coefficient is taken as diverging (odds x22,000)
 
 
 def choice_model(source, *, variant: str | Sequence[str] | None = None, pool_variants: bool = False,
@@ -195,7 +196,9 @@ def _fit(g, terms, reference_agent, cluster_cols, level):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = ConditionalLogit(y, Xk, groups=call)
-        res = model.fit(method="bfgs", maxiter=500)
+        # statsmodels' own covariance is skipped: it fails on a singular Hessian (few calls,
+        # separation), and the cluster-robust one below replaces it anyway
+        res = model.fit(method="bfgs", maxiter=500, skip_hessian=True)
     params = np.asarray(res.params, dtype=float)
     fit["llf"] = float(res.llf)
     fit["warnings"] = sorted({str(w.message).splitlines()[0] for w in caught})
@@ -215,6 +218,16 @@ def _fit(g, terms, reference_agent, cluster_cols, level):
     z = stats.norm.ppf(0.5 + level / 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = 2 * stats.norm.sf(np.abs(params / se))
+    # separation: a term (or the whole model) that predicts the choices perfectly has no finite
+    # estimate, and its sandwich SE collapses to ~0; report it as not estimable, not as significant
+    complete = fit["llf"] > -1e-2
+    diverged = complete | (np.abs(params) > SEPARATION)
+    if diverged.any():
+        fit["not_estimable"] = [f"{names[j][0]} {names[j][1]}".strip() for i, j in enumerate(kept) if diverged[i]]
+        se = np.where(diverged, np.nan, se)
+        p = np.where(diverged, np.nan, p)
+    if G < 20:
+        fit["warnings"].append(f"only {G} clusters: robust standard errors are unreliable")
     out = []
     for i, j in enumerate(kept):
         term, lvl, ref = names[j]
@@ -244,9 +257,10 @@ def choice_summary(df) -> str:
     for v, g in df.groupby("variant", sort=False):
         parts = []
         for _, r in g.iterrows():
-            lo, hi = (math.exp(r["ci_low"] * (math.log(2) if r["term"] == "log_length" else 1)),
-                      math.exp(r["ci_high"] * (math.log(2) if r["term"] == "log_length" else 1))) \
-                if max(abs(r["ci_low"]), abs(r["ci_high"])) < 700 else (math.nan, math.nan)
+            if r["se"] != r["se"]:  # not estimable: said below
+                continue
+            scale = math.log(2) if r["term"] == "log_length" else 1.0
+            lo, hi = (math.exp(min(700.0, r["ci_low"] * scale)), math.exp(min(700.0, r["ci_high"] * scale)))
             what = ("doubling a response's length" if r["term"] == "log_length" else
                     f"{r['term']} {r['level']} vs {r['reference']}")
             mark = " *" if r["p_holm"] <= 1 - level else ""
@@ -256,6 +270,13 @@ def choice_summary(df) -> str:
                    if d["why"].startswith("collinear")]
         note = (f"; dropped as not separable from the other terms in these calls: {', '.join(dropped)}"
                 if dropped else "")
+        if fit.get("not_estimable"):
+            note += ("; not estimable (the choices are perfectly predicted: separation): "
+                     + ", ".join(fit["not_estimable"]))
+        for w in fit.get("warnings", []):
+            if w.startswith("only"):
+                note += f"; {w}"
         lines.append(f"{v} ({int(g['n_calls'].iloc[0])} attributed calls, {int(g['n_clusters'].iloc[0])} clusters): "
-                     + "; ".join(parts) + f" ({level:.0%} intervals; * Holm-adjusted p <= {1 - level:.2g}){note}")
+                     + ("; ".join(parts) or "no term estimable")
+                     + f" ({level:.0%} intervals; * Holm-adjusted p <= {1 - level:.2g}){note}")
     return "\n".join(lines)
