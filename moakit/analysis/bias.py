@@ -626,11 +626,14 @@ def _block_line(g, b: dict, label: str, level: float, draws) -> str:
     if g["ci_low"].isna().all() and g["p_value"].isna().all():
         return (f"{head}: {clusters if clusters is not None else 'too few'} cluster(s) of calls (item x repeat): "
                 f"too few for an interval or a test")
-    bound = float(g[["ci_low", "ci_high"]].abs().max().max())
     p = b.get("test", {}).get("p_value", math.nan)
+    floor = -g["chance"] / (1 - g["chance"])
+    if ((g["ci_low"] <= floor + 0.01) & (g["ci_high"] >= 0.99)).all():
+        return (f"{head}: no {what} detected ({_fmt_p(p, draws)}), but the intervals span every possible "
+                f"excess: too few calls to bound an effect")
+    bound = float(g[["ci_low", "ci_high"]].abs().max().max())
     return (f"{head}: no {what} detected ({_fmt_p(p, draws)}); "
-            + (f"excesses beyond ±{bound:.2f} are ruled out ({level:.0%} simultaneous)" if bound == bound
-               else "too few clusters for an interval"))
+            f"excesses beyond ±{bound:.2f} are ruled out ({level:.0%} simultaneous)")
 
 
 def _head(row, block: dict) -> str:

@@ -234,7 +234,7 @@ def _fit(g, terms, reference_agent, cluster_cols, level):
         scale = math.log(2) if term == "log_length" else 1.0  # odds ratio per doubling of length
         out.append({"term": term, "level": lvl, "reference": ref, "coef": float(params[i]), "se": float(se[i]),
                     "ci_low": float(params[i] - z * se[i]), "ci_high": float(params[i] + z * se[i]),
-                    "odds_ratio": float(math.exp(params[i] * scale)) if abs(params[i] * scale) < 700 else math.inf,
+                    "odds_ratio": math.nan if diverged[i] else float(math.exp(params[i] * scale)),
                     "p_value": float(p[i]), "p_holm": math.nan, "n_calls": n_calls, "n_clusters": G})
     for term in ("position", "agent"):
         idx = [i for i, r in enumerate(out) if r["term"] == term and r["p_value"] == r["p_value"]]
