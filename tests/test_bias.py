@@ -253,18 +253,24 @@ def test_a_rerun_from_the_cache_counts_once(stub, tmp_path):
 # ---- inference on simulated frames -------------------------------------------------------------------
 def test_calls_shown_one_list_share_one_permutation():
     """Six calls of a Synthesize layer shown one shuffled list are one draw of the design:
-    copying each call six times within its run leaves the test and the intervals unchanged
-    (calls treated as independent would shrink them)."""
+    copying each call six times within its run leaves the estimate unchanged and the interval
+    and the test as uncertain as one call's, where six independent runs would be six times the
+    evidence."""
     from validation.cases_bias import shuffled_aggregate
 
     from moakit.analysis import positional_bias
 
-    one = shuffled_aggregate(np.random.default_rng(5), items=40, q_agent=0.5)
-    six = pd.concat([one.assign(span_id=one["span_id"] + f"-{k}", agent=f"s{k}") for k in range(6)])
-    a, b = positional_bias(one, draws=499, seed=3), positional_bias(six, draws=499, seed=3)
-    cols = ["position", "share", "excess", "ci_low", "ci_high", "p_value"]
-    pd.testing.assert_frame_equal(a[cols], b[cols])
-    assert (b["n"] == 6 * a["n"]).all()
+    one = shuffled_aggregate(np.random.default_rng(5), items=40, p_pos=0.25)
+    copies = [one.assign(span_id=one["span_id"] + f"-{k}", agent=f"s{k}") for k in range(6)]
+    layer = pd.concat(copies)
+    independent = pd.concat([c.assign(item=c["item"] + c["agent"], trace_id=c["trace_id"] + c["agent"])
+                             for c in copies])
+    a, b, c = (positional_bias(f, draws=499, seed=3) for f in (one, layer, independent))
+    assert np.allclose(a["excess"], b["excess"]) and np.allclose(a["excess"], c["excess"])
+    width = [(r["ci_high"] - r["ci_low"]).mean() for r in (a, b, c)]
+    assert width[1] >= 0.9 * width[0] and width[2] <= 0.6 * width[0]
+    p = [r.attrs["blocks"][0]["test"]["p_value"] for r in (a, b, c)]
+    assert p[2] < p[1] / 10  # six independent runs: far stronger evidence than one run's six calls
 
 
 def test_intervals_and_tests_agree():

@@ -15,8 +15,10 @@ answer with probability q has agent excess q and -q/(n-1) elsewhere; the mixture
 position excess p and agent excess q (the other term averages out under Shuffle). Tests
 named "... = 0" reject when the block's max-T p-value is <= 0.05; intervals are the
 simultaneous 95% intervals, "covered" when every row's interval holds its true excess.
-Cases that take well under a second per dataset simulate 500 datasets, so that a rate is
-measured to about +/- 0.02 (Monte Carlo 95%), not +/- 0.03.
+Cases that take well under a second per dataset simulate 1,000 datasets: a false-positive
+rate is then measured to +/- 0.014 (Monte Carlo 95%), so a test at its 0.05 level is not
+reported above the 0.07 goal by Monte Carlo error alone (at 200 datasets, +/- 0.03, it is in
+about one case in ten).
 """
 
 from __future__ import annotations
@@ -179,11 +181,11 @@ def shuffled_aggregate(rng, *, items=200, p_pos=0.0, q_agent=0.0, words=12, long
 
 def case_position_and_agent(p_pos, q_agent, *, items=200, with_choice=False):
     def run(rng):
-        from moakit.analysis import positional_bias
+        from moakit.analysis import bias_inputs, positional_bias
 
-        df = shuffled_aggregate(rng, items=items, p_pos=p_pos, q_agent=q_agent)
-        pos = positional_bias(df, draws=DRAWS, seed=int(rng.integers(2 ** 31)))
-        ag = positional_bias(df, by="agent", draws=DRAWS, seed=int(rng.integers(2 ** 31)))
+        rows = bias_inputs(shuffled_aggregate(rng, items=items, p_pos=p_pos, q_agent=q_agent))
+        pos = positional_bias(rows, draws=DRAWS, seed=int(rng.integers(2 ** 31)))
+        ag = positional_bias(rows, by="agent", draws=DRAWS, seed=int(rng.integers(2 ** 31)))
         out = Outcome(
             rejected={"position effect = 0": _test(pos), "agent preference = 0": _test(ag)},
             covered={"position excess (simultaneous)": _covered(pos, _pos_truth(p_pos, 4)),
@@ -199,11 +201,12 @@ def case_pooled_variants(q_agent, *, items=200):
     """base + Shuffle + Dropout in one frame, as an ablation stores them."""
 
     def run(rng):
-        from moakit.analysis import positional_bias
+        from moakit.analysis import bias_inputs, positional_bias
 
         df = shuffled_aggregate(rng, items=items, q_agent=q_agent, variants=("base", "shuffle", "dropout"))
-        pos = positional_bias(df, draws=DRAWS, seed=int(rng.integers(2 ** 31)))
-        ag = positional_bias(df, by="agent", draws=DRAWS, seed=int(rng.integers(2 ** 31)))
+        rows = bias_inputs(df)
+        pos = positional_bias(rows, draws=DRAWS, seed=int(rng.integers(2 ** 31)))
+        ag = positional_bias(rows, by="agent", draws=DRAWS, seed=int(rng.integers(2 ** 31)))
         fixed = pos[~pos["randomized"]]
         return Outcome(
             rejected={"position effect = 0 (any block)": _test(pos),
@@ -248,11 +251,11 @@ def case_equal_blend_long_source(*, items=200, blend_prob=0.5):
     answer (probability ``blend_prob``) or copies one chosen uniformly. No preference at all."""
 
     def run(rng):
-        from moakit.analysis import positional_bias
+        from moakit.analysis import bias_inputs, positional_bias
 
-        df = shuffled_aggregate(rng, items=items, long_agent="d", blend_prob=blend_prob)
-        ag = positional_bias(df, by="agent", draws=DRAWS, seed=int(rng.integers(2 ** 31)))
-        pos = positional_bias(df, draws=DRAWS, seed=int(rng.integers(2 ** 31)))
+        rows = bias_inputs(shuffled_aggregate(rng, items=items, long_agent="d", blend_prob=blend_prob))
+        ag = positional_bias(rows, by="agent", draws=DRAWS, seed=int(rng.integers(2 ** 31)))
+        pos = positional_bias(rows, draws=DRAWS, seed=int(rng.integers(2 ** 31)))
         block = ag.attrs["blocks"][0]
         calls = sum(block["status"].values())
         return Outcome(rejected={"agent preference = 0": _test(ag), "position effect = 0": _test(pos)},
@@ -329,15 +332,15 @@ def case_choice_model(*, items=200, beta_pos2=-0.6, beta_agent_a=0.8, gamma=0.5)
 
 CASES = [
     Case("positional_bias", "no preference (Shuffle)", "copies a uniformly chosen answer; 200 items, 4 answers",
-         case_position_and_agent(0.0, 0.0), null=("position effect = 0", "agent preference = 0"), datasets=500),
+         case_position_and_agent(0.0, 0.0), null=("position effect = 0", "agent preference = 0"), datasets=1000),
     Case("positional_bias", "position 1 preference 0.3 (Shuffle)",
          "copies position 1 with p = 0.3 (excess 0.3), else uniform; 200 items, 4 answers",
          case_position_and_agent(0.3, 0.0), null=("agent preference = 0",),
-         power_goal={"position effect = 0": 0.8}, datasets=500),
+         power_goal={"position effect = 0": 0.8}, datasets=1000),
     Case("positional_bias", "agent preference 0.4 (Shuffle)",
          "copies agent a's answer with q = 0.4, else uniform; no position effect; 200 items",
          case_position_and_agent(0.0, 0.4), null=("position effect = 0",),
-         power_goal={"agent preference = 0": 0.8}, datasets=500),
+         power_goal={"agent preference = 0": 0.8}, datasets=1000),
     Case("positional_bias", "agent preference 0.4 (base + Shuffle + Dropout pooled)",
          "as above, the three variants of each item in one frame (only Shuffle randomizes)",
          case_pooled_variants(0.4), null=("position effect = 0 (any block)",),
@@ -345,19 +348,19 @@ CASES = [
     Case("positional_bias", "position 0.2 and agent 0.3 (Shuffle)",
          "copies position 1 with p = 0.2, agent a with q = 0.3, else uniform; 200 items",
          case_position_and_agent(0.2, 0.3), power_goal={"position effect = 0": 0.8, "agent preference = 0": 0.8},
-         datasets=500),
+         datasets=1000),
     Case("positional_bias", "clustered Synthesize layers",
          "30 runs, Shuffle, 6 Synthesize calls shown one list, each copying the run's best answer w.p. 0.8",
-         case_clustered_synthesize(), null=("position effect = 0",), datasets=500),
+         case_clustered_synthesize(), null=("position effect = 0",), datasets=1000),
     Case("positional_bias", "equal blend (one source 3x longer)",
          "half the calls blend equal 6-word pieces of all 4 answers (agent d's are 36 words, others 12), "
          "half copy a uniform one; Shuffle",
-         case_equal_blend_long_source(), null=("agent preference = 0", "position effect = 0"), datasets=500),
+         case_equal_blend_long_source(), null=("agent preference = 0", "position effect = 0"), datasets=1000),
     Case("positional_bias", "Self-MoA (no preference)", "one agent sampled 4 times, sample order, copies uniformly",
-         case_self_moa(0.0), null=("position effect = 0",), datasets=500),
+         case_self_moa(0.0), null=("position effect = 0",), datasets=1000),
     Case("positional_bias", "Self-MoA (position 1 preference 0.3)",
          "one agent sampled 4 times, sample order, copies position 1 with p = 0.3",
-         case_self_moa(0.3), power_goal={"position effect = 0": 0.8}, datasets=500),
+         case_self_moa(0.3), power_goal={"position effect = 0": 0.8}, datasets=1000),
     Case("positional_bias", "choice model (conditional logit)",
          "P(copy) ~ exp(-0.6 [position 2] + 0.8 [agent a] + 0.5 log length), Shuffle, 200 items",
          case_choice_model(), null=("agent c, d vs b = 0 (Holm)", "position 3, 4 vs 1 = 0 (Holm)"),
