@@ -268,8 +268,8 @@ def choice_summary(df) -> str:
         fit = next((f for f in df.attrs.get("fits", []) if f.get("variant") == v), {})
         dropped = [f"{d['term']} {d['level']}".strip() for d in fit.get("dropped", [])
                    if d["why"].startswith("collinear")]
-        note = (f"; dropped as not separable from the other terms in these calls: {', '.join(dropped)}"
-                if dropped else "")
+        note = (f"; dropped as not separable from the other terms in these calls: {', '.join(dropped)} "
+                "(the terms kept carry their effect too)" if dropped else "")
         if fit.get("not_estimable"):
             note += ("; not estimable (the choices are perfectly predicted: separation): "
                      + ", ".join(fit["not_estimable"]))
