@@ -293,7 +293,9 @@ def case_choice_model(*, items=200, beta_pos2=-0.6, beta_agent_a=0.8, gamma=0.5)
     """The conditional logit's own model: P(copy i) proportional to exp(beta_pos[pos_i] +
     beta_agent[agent_i] + gamma * log length_i), Shuffle, lengths 6 to 40 words. True
     coefficients: position 2 vs 1 = beta_pos2, positions 3, 4 vs 1 = 0, agent a vs b = beta_agent_a,
-    agents c, d vs b = 0, log length = gamma."""
+    agents c, d vs b = 0, log length = gamma. The power of the position-2 test is reported
+    without a goal: the issue sets none for the choice model (a goal of 0.8 guessed for an odds
+    ratio of 0.55 with 200 calls was missed, at 0.78; the effect was not enlarged to meet it)."""
 
     def run(rng):
         from moakit.analysis import choice_model
@@ -363,6 +365,5 @@ CASES = [
          case_self_moa(0.3), power_goal={"position effect = 0": 0.8}, datasets=1000),
     Case("positional_bias", "choice model (conditional logit)",
          "P(copy) ~ exp(-0.6 [position 2] + 0.8 [agent a] + 0.5 log length), Shuffle, 200 items",
-         case_choice_model(), null=("agent c, d vs b = 0 (Holm)", "position 3, 4 vs 1 = 0 (Holm)"),
-         power_goal={"position 2 vs 1 = 0": 0.8}),
+         case_choice_model(), null=("agent c, d vs b = 0 (Holm)", "position 3, 4 vs 1 = 0 (Holm)")),
 ]
