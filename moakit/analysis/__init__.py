@@ -1,6 +1,11 @@
 """Research analyses over traces, each returning a pandas DataFrame (the widgets draw them).
 
-* :func:`positional_bias` / :func:`bias_summary`: does the aggregator favour a position?
+* :func:`positional_bias` / :func:`bias_summary`: does the aggregator draw on a response because
+  of the position it was shown at (or its source agent)? Estimated where the order was randomized.
+* :func:`choice_model` / :func:`choice_summary`: a conditional logit of which shown response an
+  output draws on, with position, source agent and length as terms.
+* :func:`attribute` / :func:`bias_inputs` / :func:`design_columns`: the length-neutral attribution
+  and the per-call design (randomized order, variant, item, repeat) both analyses read.
 * :func:`ablate` / :func:`robustness_variants`: pipeline variants (Shuffle, Dropout, ...) scored
   with intervals, identical calls paid once; :func:`ablation_summary` gives its statistics
   from per-run rows (real or simulated).
@@ -29,6 +34,8 @@ from .impact import impact  # noqa: E402,F401
 
 _EXPORTS = {
     "positional_bias": "bias", "bias_summary": "bias", "bias_inputs": "bias", "BIAS_COLUMNS": "bias",
+    "choice_model": "choice", "choice_summary": "choice", "CHOICE_COLUMNS": "choice",
+    "attribute": "attribution", "design_columns": "design",
     "ablate": "ablation", "ablation_summary": "ablation", "robustness_variants": "ablation",
     "ABLATION_COLUMNS": "ablation", "ITEM_COLUMNS": "ablation",
     "sign_flip": "ablation", "holm": "ablation",
@@ -45,20 +52,26 @@ _EXPORTS = {
     "alpaca_eval_outputs": "papers", "alpaca_eval_leaderboard": "papers", "find_alpaca_eval": "papers",
 }
 
-_MODULES = ("scorers", "bias", "ablation", "judge", "length", "papers", "embedding", "stats")
+_MODULES = ("scorers", "bias", "ablation", "judge", "length", "papers", "embedding", "stats", "choice",
+            "attribution", "design", "text")
 
 __all__ = sorted([*_EXPORTS, "impact", "questions", "reading", *_MODULES])
 
 
 def reading(df) -> str:
     """The one-line reading of any analysis DataFrame of this package: positional bias
-    (:func:`bias_summary`), impact (:func:`impact_summary`) or ablation (each variant against
-    the baseline). The widgets show it under their charts."""
+    (:func:`bias_summary`), the choice model (:func:`choice_summary`), impact
+    (:func:`impact_summary`) or ablation (each variant against the baseline). The widgets show
+    it under their charts."""
     cols = set(getattr(df, "columns", ()))
-    if {"influence", "position", "measure"} <= cols:
+    if {"excess", "share", "chance", "measure"} <= cols:
         from .bias import bias_summary
 
         return bias_summary(df)
+    if {"term", "coef", "odds_ratio"} <= cols:
+        from .choice import choice_summary
+
+        return choice_summary(df)
     if {"level", "factor", "aggregator", "proposers"} <= cols:
         from .impact import impact_summary
 

@@ -32,13 +32,13 @@ import inspect
 import math
 import re
 import unicodedata
+from typing import Any, Callable, Sequence
 
 from .text import tokenize  # noqa: F401 - ROUGE-L's tokens, importable from here as before
-from typing import Any, Callable, Sequence
 
 __all__ = ["Scorer", "as_scorer", "exact_match", "normalized_match", "numeric_match", "answer_match", "answer_segment",
            "rouge_l", "rouge_l_scores", "lcs_length", "embedding_similarity", "EmbeddingScorer", "minilm_available",
-           "llm_judge", "LLMJudge", "parse_verdict", "tokenize", "normalize_text", "extract_numbers", "SCORERS"]
+           "tokenize", "normalize_text", "extract_numbers", "SCORERS"]
 
 
 # ---- the Scorer type ------------------------------------------------------------------------

@@ -14,17 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chart import ChartView, table_html
-
-
-def _reading(df) -> str | None:
-    """The analysis' own reading (``moakit.analysis.reading``), or ``df.attrs["reading"]``."""
-    try:
-        from ..analysis import reading
-
-        return reading(df)
-    except ValueError:  # not a frame the analysis knows: the view still draws
-        return df.attrs.get("reading") if hasattr(df, "attrs") else None
+from .chart import ChartView, analysis_reading, table_html
 
 
 class AblationView(ChartView):
@@ -41,7 +31,7 @@ class AblationView(ChartView):
         self.table = df.reset_index(drop=True)
         self.variant, self.score = variant, score
         self.variants = [str(v) for v in self.table[variant]]
-        self.reading = reading if reading is not None else _reading(df)
+        self.reading = reading if reading is not None else analysis_reading(df)
         self.title = title or f"{score} by variant"
         self._widget = None
 
@@ -130,7 +120,7 @@ class ImpactView(ChartView):
             self.table4 = None
         self.effects = self.table[self.table["level"] == "effect"].reset_index(drop=True)
         self.contrasts = self.table[self.table["level"] == "contrast"].reset_index(drop=True)
-        self.reading = reading if reading is not None else _reading(df)
+        self.reading = reading if reading is not None else analysis_reading(df)
         self.title = title or "score by aggregator and proposers"
         self._widget = None
 
