@@ -100,6 +100,7 @@ class Outcome:
     wait_reason: str | None = None  # "retry-after" or "backoff"
     first_start_ns: int = 0  # when the call's first attempt started (after its slot was free)
     queue_s: float = 0.0  # seconds the call waited for a slot (the caps on calls in flight)
+    ttft_s: float | None = None  # a streamed attempt: seconds from its start to the first text chunk
 
     @property
     def ok(self) -> bool:
@@ -158,6 +159,9 @@ def retry_after(exc: BaseException) -> float | None:
             return None
 
 
+# models whose provider cannot stream (asked once, then called whole)
+_NO_STREAM: set[str] = set()
+
 # (model asked, model answered) -> size of litellm's price map when it had no price for them:
 # not asked again until the map changes (litellm.register_model); asking costs ~0.3 ms a call
 _UNPRICED: dict[tuple[str, str | None], int] = {}
@@ -183,10 +187,13 @@ class Caller:
             sems.append(sem)
         return sems
 
-    async def call(self, req: Request, on_attempt: Callable[[Outcome], None] | None = None) -> Outcome:
+    async def call(self, req: Request, on_attempt: Callable[[Outcome], None] | None = None, *,
+                   on_chunk: Callable[[str], None] | None = None) -> Outcome:
         """Make the call; return its last attempt's outcome (with when the first attempt started
         and how long the call waited for a slot). ``on_attempt(outcome)`` is told of every failed
-        attempt that will be tried again, before the wait that follows it."""
+        attempt that will be tried again, before the wait that follows it. With ``on_chunk`` the
+        answer is streamed (:meth:`complete_stream`) and ``on_chunk(text so far)`` hears of it as
+        it comes; the request, and so its key and replay, are the same."""
         if _litellm is None:  # import (seconds) off the event loop
             await asyncio.to_thread(get_litellm)
         sems = self._slots(req.spec.model)
@@ -196,21 +203,22 @@ class Caller:
         waited = time.perf_counter() - queued
         first = time.time_ns()
         try:
-            out = await self._attempts(req, on_attempt)
+            out = await self._attempts(req, on_attempt, on_chunk)
         finally:
             for s in reversed(sems):
                 s.release()
         out.first_start_ns, out.queue_s = first, waited
         return out
 
-    async def _attempts(self, req: Request, on_attempt) -> Outcome:
+    async def _attempts(self, req: Request, on_attempt, on_chunk=None) -> Outcome:
         cfg = self.config
         attempt = 0
         while True:
             attempt += 1
             start = time.time_ns()
             try:
-                out = await self._complete(req)
+                out = await (self._complete(req) if on_chunk is None or req.spec.model in _NO_STREAM
+                             else self.complete_stream(req, on_chunk))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome
@@ -231,14 +239,67 @@ class Caller:
             out.attempt, out.start_ns, out.end_ns = attempt, start, time.time_ns()
             return out
 
-    async def _complete(self, req: Request) -> Outcome:
-        litellm = get_litellm()
+    def _kwargs(self, req: Request) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
             model=req.spec.model, messages=req.messages, temperature=req.temperature, max_tokens=req.max_tokens,
             timeout=self.config.timeout, drop_params=True, max_retries=0, **req.spec.litellm_kwargs())
         if req.seed is not None:
             kwargs["seed"] = req.seed
-        resp = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout=self.config.timeout + 5)
+        return kwargs
+
+    async def _complete(self, req: Request) -> Outcome:
+        litellm = get_litellm()
+        resp = await asyncio.wait_for(litellm.acompletion(**self._kwargs(req)), timeout=self.config.timeout + 5)
+        return self._outcome(litellm, req, resp)
+
+    async def complete_stream(self, req: Request, on_chunk: Callable[[str], None]) -> Outcome:
+        """One attempt, streamed (``stream=True``): ``on_chunk(text so far)`` after each piece of
+        text; the outcome is built from the chunks as from a whole response (usage, cost, finish
+        reason), with ``ttft_s``, the seconds to the first text. The same attempt timeout holds
+        for the whole stream. A provider that cannot stream is asked again without streaming
+        (and not asked to stream again in this process)."""
+        litellm = get_litellm()
+        start = time.perf_counter()
+        chunks: list = []
+        parts: list[str] = []
+        ttft = None
+
+        async def read():
+            nonlocal ttft
+            try:
+                stream = await litellm.acompletion(**self._kwargs(req), stream=True,
+                                                   stream_options={"include_usage": True})
+            except Exception as exc:  # noqa: BLE001
+                if "not implemented" in str(exc).lower():  # e.g. a custom provider without astreaming
+                    _NO_STREAM.add(req.spec.model)
+                    return None
+                raise
+            finished = False
+            async for chunk in stream:
+                chunks.append(chunk)
+                choices = getattr(chunk, "choices", None) or []
+                piece = getattr(getattr(choices[0], "delta", None), "content", None) if choices else None
+                finished = finished or bool(choices and getattr(choices[0], "finish_reason", None))
+                if piece:
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+                    parts.append(piece)
+                    on_chunk(replace_surrogates("".join(parts)))
+            if not finished and not parts:  # a server that ignored stream=True: its answer is not in chunks
+                _NO_STREAM.add(req.spec.model)
+                return None
+            return stream
+
+        if await asyncio.wait_for(read(), timeout=self.config.timeout + 5) is None:
+            return await self._complete(req)
+        if not chunks:
+            raise MalformedResponse("the provider's stream held no chunk")
+        resp = litellm.stream_chunk_builder(chunks, messages=req.messages)
+        out = self._outcome(litellm, req, resp)
+        out.ttft_s = ttft
+        return out
+
+    def _outcome(self, litellm, req: Request, resp) -> Outcome:
         choices = getattr(resp, "choices", None) or []
         if not choices:
             raise MalformedResponse("the provider returned no choices")

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_CTX = int(os.environ.get("MOAKIT_LOCAL_N_CTX", "8192"))
@@ -59,12 +59,18 @@ def _close() -> None:
 
 
 def generate(messages: list[dict], *, temperature: float = 0.7, max_tokens: int = 256,
-             seed: int | None = None) -> dict[str, Any]:
+             seed: int | None = None, on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One chat completion on the embedded model, as llama-cpp-python returns it (OpenAI shape).
-    Prompts longer than the context are cut from the front of the longest message."""
+    Prompts longer than the context are cut from the front of the longest message.
+
+    ``on_text(text so far)`` is called as tokens are generated (a streamed answer): through
+    llama.cpp's logits-processor hook, which leaves the logits as they are, so the generation,
+    its answer and its token counts are those of the call without it."""
     llm = get_llama()
     with _call_lock:
         kwargs: dict[str, Any] = dict(messages=messages, temperature=float(temperature), max_tokens=int(max_tokens))
+        if on_text is not None:
+            kwargs["logits_processor"] = [_Watcher(llm, on_text)]
         if seed is not None:
             kwargs["seed"] = int(seed)
         budget = N_CTX - int(max_tokens) - 64
@@ -80,6 +86,24 @@ def generate(messages: list[dict], *, temperature: float = 0.7, max_tokens: int 
         # every prompt from scratch.
         llm.reset()
         return llm.create_chat_completion(**kwargs)
+
+
+class _Watcher:
+    """A logits processor that changes nothing: it tells ``on_text`` the text generated so far."""
+
+    def __init__(self, llm, on_text: Callable[[str], None]):
+        self.llm, self.on_text, self.start = llm, on_text, None
+
+    def __call__(self, input_ids, logits):
+        # called before each token is sampled, with the tokens evaluated so far (the first time:
+        # the prompt): the text lags one token, and the answer's last piece comes with its end
+        if self.start is None:
+            self.start = len(input_ids)
+        elif len(input_ids) > self.start:
+            ids = list(input_ids)
+            text = self.llm.detokenize(ids[self.start:], prev_tokens=ids[:self.start]).decode("utf-8", "ignore")
+            self.on_text(text)
+        return logits
 
 
 def _shorten(llm, messages: list[dict], excess: int) -> list[dict]:
@@ -101,10 +125,10 @@ def register(litellm) -> None:
     from litellm.types.utils import ModelResponse
 
     class LocalLLM(CustomLLM):
-        def _run(self, messages, optional_params: dict) -> ModelResponse:
+        def _run(self, messages, optional_params: dict, on_text=None) -> ModelResponse:
             out = generate(messages, temperature=optional_params.get("temperature", 0.7),
                            max_tokens=optional_params.get("max_tokens") or 256,
-                           seed=optional_params.get("seed"))
+                           seed=optional_params.get("seed"), on_text=on_text)
             choice = out["choices"][0]
             usage = out.get("usage") or {}
             return ModelResponse(
@@ -123,5 +147,28 @@ def register(litellm) -> None:
         async def acompletion(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
                               encoding, api_key, logging_obj, optional_params, *args, **kwargs):
             return await asyncio.to_thread(self._run, messages, optional_params)
+
+        async def astreaming(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
+                             encoding, api_key, logging_obj, optional_params, *args, **kwargs) -> AsyncIterator[dict]:
+            """The answer in pieces as llama.cpp generates it; the last piece completes it to the
+            whole answer (the same text and usage as :meth:`acompletion`)."""
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+            job = asyncio.ensure_future(asyncio.to_thread(
+                self._run, messages, optional_params, lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)))
+            job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
+            sent = ""
+            while (text := await queue.get()) is not None:
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield {"text": text[len(sent):], "is_finished": False, "finish_reason": "", "index": 0,
+                           "tool_use": None, "usage": None}
+                    sent = text
+            resp = await job
+            final = resp.choices[0].message.content or ""
+            u = resp.usage
+            yield {"text": final[len(sent):] if final.startswith(sent) else "", "is_finished": True,
+                   "finish_reason": resp.choices[0].finish_reason or "stop", "index": 0, "tool_use": None,
+                   "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                             "total_tokens": u.total_tokens}}
 
     litellm.custom_provider_map = [*litellm.custom_provider_map, {"provider": "local", "custom_handler": LocalLLM()}]

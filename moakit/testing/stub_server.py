@@ -9,7 +9,8 @@ It prints ``STUB READY <port>`` on stdout once listening. :class:`StubServer` st
 stops it for tests and benchmarks. Faults (chosen at random, seeded, per request):
 ``429`` (with Retry-After), ``500``, ``503``, ``hang`` (sleeps past any sane timeout),
 ``reset`` (closes the connection with no answer), ``malformed`` (invalid JSON body with 200),
-``empty`` (200 with an empty choice list). ``GET /stats`` returns counters as JSON.
+``empty`` (200 with an empty choice list). ``GET /stats`` returns counters as JSON. A request
+with ``"stream": true`` gets its answer as server-sent events, a word per chunk.
 
 Besides these transient faults (drawn afresh for every attempt), ``--persistent-fault-rate``
 makes a share of *requests* fail on every attempt (503), chosen by a hash of the request's
@@ -123,9 +124,36 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
                           "total_tokens": n_in + len(text.split())},
             }
             stats["ok" if fault != "empty" else "fault_empty_sent"] += 1
+            if body.get("stream") and fault != "empty":
+                return await stream(request, payload, body)
             return web.json_response(payload)
         finally:
             in_flight["now"] -= 1
+
+    async def stream(request, payload: dict, body: dict):
+        """The answer as server-sent events, a word per chunk (``stream: true``), with the usage
+        in a last chunk when ``stream_options.include_usage`` asks for it."""
+        stats["streamed"] += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        text = payload["choices"][0]["message"]["content"]
+        head = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+        async def send(choices, **extra):
+            await resp.write(f"data: {json.dumps(head | {'choices': choices} | extra)}\n\n".encode())
+
+        await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        words = text.split(" ")
+        for i, w in enumerate(words):
+            await send([{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}])
+            if latency:
+                await asyncio.sleep(latency / max(1, len(words)))
+        await send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=payload["usage"])
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     async def get_stats(request):
         return web.json_response({**stats, "max_in_flight": in_flight["max"]})
