@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, Sequence
 
 from .. import steps as S
 from ..errors import PipelineError
@@ -17,7 +18,7 @@ from .result import Result
 
 
 def make_session(store, cache, *, offline=False, max_concurrency=None, per_model_concurrency=None,
-                 client_config=None, record_content=True, otel=None) -> Session:
+                 client_config=None, record_content=True, otel=None, listeners: Sequence = ()) -> Session:
     """The caller, recorder and cache a run (or a batch's runs) share; arguments checked first."""
     check_positive("max_concurrency", max_concurrency)
     check_positive("per_model_concurrency", per_model_concurrency)
@@ -26,8 +27,15 @@ def make_session(store, cache, *, offline=False, max_concurrency=None, per_model
     cfg = client_config or ClientConfig()
     caller = Caller(cfg, max_concurrency=16 if max_concurrency is None else max_concurrency,
                     per_model_concurrency=per_model_concurrency)
-    return Session(caller, Recorder(store, otel=otel), store, cache=cache, offline=offline,
+    return Session(caller, Recorder(store, otel=otel, listeners=listeners), store, cache=cache, offline=offline,
                    record_content=record_content and cfg.record_content)
+
+
+def live_view(kind: str, **info):
+    """``live=True``: the notebook view that fills in while the run (``kind="run"``) or batch
+    (``"batch"``) is in flight, displayed now. It lives in the widgets layer, looked up by name
+    (runs never draw); it is a recorder listener with ``finish(result)`` for the end."""
+    return importlib.import_module("moakit.widgets").live_view(kind, **info)
 
 
 def check_call(pipeline, query, store, cache) -> None:
@@ -43,24 +51,35 @@ async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, 
                templates: str | TemplateSet = "together", max_tokens: int | None = None,
                per_model_concurrency: int | None = None, client_config: ClientConfig | None = None,
                record_content: bool = True, name: str | None = None, otel: Any = None,
-               rng_seed: int | None = None) -> Result:
+               rng_seed: int | None = None, live: bool = False, listeners: Sequence = ()) -> Result:
     """Run ``pipeline`` on ``query``; every call is recorded in ``store``. See :func:`run`."""
     check_call(pipeline, query, store, cache)
-    st = open_store(store)
-    cache_store = open_cache(cache, st)
-    plan = plan_run(pipeline, query, seed=seed, models=models, templates=templates, max_tokens=max_tokens,
-                    cache=cache_store, offline=offline, name=name, rng_seed=rng_seed)
-    session = make_session(st, cache_store, offline=offline, max_concurrency=max_concurrency,
-                           per_model_concurrency=per_model_concurrency, client_config=client_config,
-                           record_content=record_content, otel=otel)
+    view = live_view("run") if live else None
     try:
-        return await Runner(plan, session).run()
-    finally:
-        session.recorder.flush()
+        st = open_store(store)
+        cache_store = open_cache(cache, st)
+        plan = plan_run(pipeline, query, seed=seed, models=models, templates=templates, max_tokens=max_tokens,
+                        cache=cache_store, offline=offline, name=name, rng_seed=rng_seed)
+        session = make_session(st, cache_store, offline=offline, max_concurrency=max_concurrency,
+                               per_model_concurrency=per_model_concurrency, client_config=client_config,
+                               record_content=record_content, otel=otel,
+                               listeners=[*listeners, *([view] if view is not None else [])])
+        try:
+            result = await Runner(plan, session).run()
+        finally:
+            session.recorder.flush()
+    except BaseException as e:
+        if view is not None:
+            view.finish(None, error=e)
+        raise
+    if view is not None:
+        view.finish(result)
+        result.view = view
+    return result
 
 
 def run(pipeline, query, *, seed: int | None = None, models: Any = None, store: Any = None,
-        max_concurrency: int | None = None, **kwargs) -> Result:
+        max_concurrency: int | None = None, live: bool = False, **kwargs) -> Result:
     """Run a pipeline on one query and return a :class:`~moakit.run.result.Result`.
 
     Args:
@@ -79,6 +98,23 @@ def run(pipeline, query, *, seed: int | None = None, models: Any = None, store: 
         record_content: set False to keep prompts out of the trace (outputs are always kept for replay).
         otel: an OpenTelemetry ``SpanProcessor`` or ``SpanExporter`` that also gets every span.
         name: the run's pipeline name (default: the name in :mod:`moakit.pipelines`, if it is one).
+        live: in a notebook, show the run's tree now and fill it in as calls finish (the
+            aggregator's answer streams where the provider streams); the cell's ``result`` then
+            draws nothing more. ``listeners``: callables told of every record (see
+            :meth:`moakit.runner.recorder.Recorder.add_listener`).
     """
-    return run_sync(arun(pipeline, query, seed=seed, models=models, store=store,
-                         max_concurrency=max_concurrency, **kwargs))
+    if not live:
+        return run_sync(arun(pipeline, query, seed=seed, models=models, store=store,
+                             max_concurrency=max_concurrency, **kwargs))
+    check_call(pipeline, query, store, kwargs.get("cache"))
+    view = live_view("run")  # displayed here, on the notebook's thread; told of records on the loop's
+    listeners = [*kwargs.pop("listeners", ()), view]
+    try:
+        result = run_sync(arun(pipeline, query, seed=seed, models=models, store=store,
+                               max_concurrency=max_concurrency, listeners=listeners, **kwargs))
+    except BaseException as e:
+        view.finish(None, error=e)
+        raise
+    view.finish(result)
+    result.view = view
+    return result

@@ -23,9 +23,9 @@ from ..rank_parse import parse_rank
 from ..store.ids import span_id_hex, trace_id_hex
 from ..store.keys import derived_seed, messages_json, request_hash, request_key
 from ..store.records import AttemptRecord, CallRecord, RunRecord, StepRecord
-from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT
+from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT, RESPONSE_TIME_TO_FIRST_CHUNK
 from .plan import RunPlan, step_json
-from .recorder import Recorder
+from .recorder import Recorder, StreamChunk
 from .result import Result
 
 
@@ -38,6 +38,11 @@ class Response:
     sample: int
     span_id: str | None  # the call that produced it
     text_hash: str | None = None  # the stored text's hash (the call's output, or a Map step's)
+
+
+#: the steps whose answer streams to a live view (the provider permitting): the one answer a
+#: reader waits for; proposals and syntheses arrive whole
+STREAMED_STEPS = ("Aggregate", "Vote")
 
 
 class RunFailed(MoakitError):
@@ -216,9 +221,15 @@ class Runner:
                                       p.agent, p.step_index, p.step_kind, p.key, o.error_type, o.error or "",
                                       o.wait_s, o.wait_reason))
 
+        on_chunk = None
+        if p.step_kind in STREAMED_STEPS and rec.wants_chunks:  # a live view shows the answer as it comes
+            def on_chunk(text: str) -> None:
+                rec.chunk(StreamChunk(self.trace_id, sid, p.step_index, p.step_kind, p.agent, text))
+
         start = time.time_ns()
         try:
-            o = await s.caller.call(p.request, on_attempt)
+            o = await (s.caller.call(p.request, on_attempt) if on_chunk is None else
+                       s.caller.call(p.request, on_attempt, on_chunk=on_chunk))
         except asyncio.CancelledError:
             rec.failed(self.record(p, span_id=sid, start_ns=start, end_ns=time.time_ns(), error_type="cancelled",
                                    error="the run was cancelled while this call was in flight", attempts=1))
@@ -229,6 +240,8 @@ class Runner:
         extra = {QUEUE_WAIT: round(o.queue_s, 6)} if o.queue_s >= 1e-3 else None
         if o.attempt > 1:
             extra = {**(extra or {}), LAST_ATTEMPT_START: o.start_ns}
+        if o.ttft_s is not None:
+            extra = {**(extra or {}), RESPONSE_TIME_TO_FIRST_CHUNK: round(o.ttft_s, 6)}
         if not o.ok:
             rec.failed(self.record(p, span_id=sid, start_ns=o.first_start_ns, end_ns=o.end_ns, attempts=o.attempt,
                                    error_type=o.error_type, error=o.error, extra=extra))
@@ -351,6 +364,11 @@ class Runner:
         responses: list[Response] = []
         error = error_type = None
         output = None
+        if rec.listeners:  # a live view: the run's query and place in its batch, before its first call
+            rec.started(RunRecord(
+                run_span, self.trace_id, start, 0, plan.pipeline_json(), json.dumps(plan.query, ensure_ascii=False),
+                plan.rng_seed, plan.model_seed is not None, plan.tset.name, plan.models_json(), plan.name, parent,
+                plan.max_tokens, batch_id, batch_item, batch_seed))
         try:
             try:
                 for i, step in enumerate(plan.pipeline):

@@ -22,6 +22,7 @@ class Result:
     calls_reused: int = 0
     pipeline: list = field(default_factory=list, repr=False)
     query: list = field(default_factory=list, repr=False)
+    view: Any = field(default=None, repr=False, compare=False)  # the live view that showed this run (live=True)
 
     @property
     def ok(self) -> bool:

@@ -321,6 +321,20 @@ class TraceStore:
         df["final"] = df["final"].astype(bool)
         return df.sort_values(["start_ns", "attempt"], kind="stable").reset_index(drop=True)
 
+    def call_timing(self, trace_id: str | Sequence[str] | None = None):
+        """One row per call with where its time went besides the model's work: trace_id, span_id,
+        queue_s (waited for a concurrency slot before its first attempt), rate_s (waited for a
+        requests/tokens-per-minute budget), ttft_s (a streamed call: seconds from its last
+        attempt's start to the first text), last_attempt_start_ns (a retried call: when its last
+        attempt started). NaN where the call recorded none (no wait, not streamed)."""
+        where, params = self._where(trace_id, A.KIND_CALL)
+        return self.frame(f"""
+            SELECT s.trace_id, s.span_id, json_extract(s.attributes, '$."{A.QUEUE_WAIT}"') AS queue_s,
+                   json_extract(s.attributes, '$."{A.RATE_WAIT}"') AS rate_s,
+                   json_extract(s.attributes, '$."{A.RESPONSE_TIME_TO_FIRST_CHUNK}"') AS ttft_s,
+                   json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"') AS last_attempt_start_ns
+            FROM spans s WHERE {where}""", params)
+
     def _calls_columnar(self, where: str, params: list, counted: bool):
         """calls() through :func:`~moakit.store.columnar.calls_columnar` when the result has at least
         ``_ARROW_MIN_ROWS`` rows and pyarrow is installed; else None. ``counted``: the rows are
