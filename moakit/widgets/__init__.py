@@ -1,21 +1,23 @@
-"""ipywidgets views over traces and analysis results. They draw; they compute no statistics.
+"""Views over traces and analysis results, live in a notebook and readable when saved. They
+draw; they compute no statistics.
 
-* :class:`~moakit.widgets.tree.PipelineTree`: one run, run -> steps -> calls.
-* :class:`~moakit.widgets.tree.BatchView`: many runs, a page at a time.
-* :class:`~moakit.widgets.bias.BiasView`: a positional-bias DataFrame drawn with its intervals.
-* :class:`~moakit.widgets.ablation.AblationView`: an ablation DataFrame: score with intervals,
-  tokens, cost, calls paid and reused.
+* :class:`~moakit.widgets.tree.PipelineTree`: one run, run -> steps -> calls, with its timeline.
+* :class:`~moakit.widgets.tree.BatchView`: many runs: every run's summary, a run's tree, the timeline.
+* :class:`~moakit.widgets.bias.BiasView`: a positional-bias result drawn with its intervals.
+* :class:`~moakit.widgets.ablation.AblationView`, :class:`~moakit.widgets.ablation.ImpactView`:
+  ablation and aggregator-vs-proposer results.
 
-All are built from stock ipywidgets (HTML, VBox, HBox, Accordion), so a saved notebook shows them
-without a kernel. See ``docs/widgets.md``.
+Each view is shown as a few outputs (:mod:`moakit.widgets.display`): charts as Vega-Lite with an
+SVG beside them, and for what needs a kernel a live ipywidget beside a static copy that shows
+wherever the widget cannot (a saved notebook, nbconvert's HTML, GitHub). See ``docs/widgets.md``.
 """
 
 from __future__ import annotations
 
 _LAZY = {"PipelineTree": "tree", "BatchView": "tree", "BiasView": "bias", "AblationView": "ablation",
-         "ImpactView": "ablation"}
+         "ImpactView": "ablation", "TraceData": "trace", "Table": "table", "Column": "table", "View": "display"}
 
-__all__ = ["show", "show_result", "view", *_LAZY]
+__all__ = ["show", "show_result", "view", "live_view", *_LAZY]
 
 
 def __getattr__(name):
@@ -27,25 +29,37 @@ def __getattr__(name):
 
 
 def show_result(result):
-    """Display a run's pipeline tree (used by ``Result._ipython_display_``)."""
+    """Display a run's tree (used by ``Result._ipython_display_``); nothing when the run was
+    followed live by a view this same cell displayed (that view is its tree)."""
     from IPython.display import display
 
     from .tree import PipelineTree
 
-    display(PipelineTree(result.store, result.trace_id).widget())
+    live = getattr(result, "view", None)
+    if live is not None and getattr(live, "shown_here", False):
+        return
+    display(PipelineTree(result.store, result.trace_id))
+
+
+def live_view(kind: str, **info):
+    """The view ``moakit.run(..., live=True)`` and ``run_batch(..., live=True)`` display and
+    fill in (a recorder listener); see :mod:`moakit.widgets.live`."""
+    from .live import live_view as make
+
+    return make(kind, **info)
 
 
 def view(runs, store=None, **kwargs):
     """The view of stored runs: a :class:`PipelineTree` for one trace id (a unique prefix is
-    enough), a :class:`BatchView` for a list of trace ids or a ``run_batch`` DataFrame."""
+    enough) or a Result, a :class:`BatchView` for a list of trace ids or a ``run_batch`` DataFrame."""
     from ..store import open_store
     from .tree import BatchView, PipelineTree
 
+    if hasattr(runs, "trace_id") and hasattr(runs, "store") and not hasattr(runs, "columns"):  # a Result
+        return PipelineTree(runs.store, runs.trace_id, **kwargs)
     store = open_store(store)
     if isinstance(runs, str):
         return PipelineTree(store, runs, **kwargs)
-    if hasattr(runs, "trace_id") and hasattr(runs, "store") and not hasattr(runs, "columns"):  # a Result
-        return PipelineTree(runs.store, runs.trace_id, **kwargs)
     return BatchView(store, runs, **kwargs)
 
 
@@ -55,6 +69,5 @@ def show(trace_id, store=None, **kwargs):
     (default ``$MOAKIT_TRACES`` or ``traces/moakit.db``)."""
     from IPython.display import display
 
-    v = view(trace_id, store, **kwargs)
-    display(v.widget())
+    display(view(trace_id, store, **kwargs))
     return None

@@ -1,25 +1,27 @@
-"""Charts as widgets that survive a saved notebook.
+"""Charts: altair specs emitted as Vega-Lite mime bundles, with an SVG beside them.
 
-Altair builds the chart (a Vega-Lite spec); ``vl-convert`` renders it to SVG in-process (no
-browser, no network); an ``ipywidgets.HTML`` holds the SVG. Why not ``alt.JupyterChart``:
-it is an anywidget whose JavaScript imports vega-embed from a CDN at display time, so it
-draws nothing offline (CI, air-gapped machines, this project's sandbox) and nothing in a saved
-notebook opened where that CDN is unreachable; it also needs the anywidget front-end
-extension. Altair's default HTML renderer loads the same CDN scripts, and ``<script>`` in an
-``HTML`` widget does not run. An SVG in an HTML widget needs neither JavaScript nor network,
-renders live, from saved widget state, in JupyterLab, VS Code and static HTML exports alike.
-The cost: no tooltips or zoom; the numbers are in the table beside each chart.
+* ``application/vnd.vegalite.v5+json``: JupyterLab (and Notebook 7, VS Code) draws it with its
+  own bundled Vega, no network: tooltips (each one defines its figure), the chart's export menu
+  (SVG, PNG, source), zoom where a chart binds its scales, and the width of the cell (single and
+  layered charts ask for ``width: "container"``). The JupyterLab installed here (4.6) renders
+  Vega-Lite 5.6.1 and no later major version, so the spec declares the v5 schema and uses only
+  what Vega-Lite 5 knows.
+* ``image/svg+xml``: the same chart rendered in-process by ``vl-convert`` (no browser, no
+  network), for front ends without a Vega renderer: nbconvert's HTML, GitHub's preview.
 
-Without ``vl-convert`` installed (``pip install vl-convert-python``, part of moakit's ``viz``
-and ``dev`` extras) the chart falls back to an ``Output`` widget holding altair's own mime
-bundle, which needs a front end that renders Vega-Lite.
+Why not ``alt.JupyterChart`` or altair's default renderer: both load vega-embed from a CDN at
+display time, so they draw nothing offline or from a saved notebook opened without that CDN.
 """
 
 from __future__ import annotations
 
-import html
-import math
+import copy
 from typing import Any
+
+VEGALITE_MIME = "application/vnd.vegalite.v5+json"
+VEGALITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+SVG_WIDTH = 640  # a "container" width when there is no container (the SVG)
+SVG_VL_VERSION = "5.8"  # the oldest Vega-Lite vl-convert has: the closest to JupyterLab's 5.6
 
 
 def have_svg() -> bool:
@@ -30,115 +32,77 @@ def have_svg() -> bool:
     return True
 
 
-def chart_svg(chart) -> str:
-    """The SVG of an altair chart, rendered in-process by vl-convert."""
-    import altair as alt
+def chart_spec(chart) -> dict:
+    """The chart's Vega-Lite spec, declaring the v5 schema (what JupyterLab renders)."""
+    # not validated against altair's (v6) schema here: slow (tens of ms a chart), and the views'
+    # specs are validated by the tests
+    spec = chart.to_dict(validate=False) if hasattr(chart, "to_dict") else copy.deepcopy(chart)
+    spec["$schema"] = VEGALITE_SCHEMA
+    return spec
+
+
+def _fixed(spec: Any) -> Any:
+    """The spec with every ``width: "container"`` made a number (an SVG has no container)."""
+    if isinstance(spec, dict):
+        return {k: (SVG_WIDTH if k == "width" and v == "container" else _fixed(v)) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_fixed(v) for v in spec]
+    return spec
+
+
+def chart_svg(chart) -> str | None:
+    """The SVG of an altair chart (or a spec), rendered in-process by vl-convert; None without it."""
+    if not have_svg():
+        return None
     import vl_convert as vlc
 
-    spec = chart.to_dict()
-    version = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # "6.4.1" -> "6.4"
+    spec = _fixed(chart_spec(chart))
     try:
-        return vlc.vegalite_to_svg(spec, vl_version=version)
-    except (ValueError, RuntimeError):  # a vl-convert older than altair's Vega-Lite: its newest version draws the spec
+        return vlc.vegalite_to_svg(spec, vl_version=SVG_VL_VERSION)
+    except (ValueError, RuntimeError):  # a vl-convert without that version: its own default
         return vlc.vegalite_to_svg(spec)
 
 
-def chart_widget(chart):
-    """An ipywidget showing ``chart`` (an SVG in an HTML widget when vl-convert is installed)."""
-    import ipywidgets as w
-
-    if have_svg():
-        out = w.HTML(f"<div class='moakit-chart'>{chart_svg(chart)}</div>")
-    else:  # pragma: no cover - depends on the environment
-        out = w.Output()
-        with out:
-            from IPython.display import display
-
-            display(chart)
-    return out
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    """A table cell: floats to ``digits`` significant decimals, p-values in the usual way."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v != 0 and abs(v) < 10 ** -digits:
-            return f"{v:.1e}"
-        return f"{v:.{digits}f}"
-    try:
-        import numpy as np
-
-        if isinstance(v, np.floating):
-            return fmt(float(v), digits)
-        if isinstance(v, np.integer):
-            return f"{int(v):,}"
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+def chart_bundle(chart, *, svg: bool = True) -> dict:
+    """The mime bundle of a chart: Vega-Lite (drawn by JupyterLab itself), the SVG fallback and
+    a line of text saying what the chart is."""
+    spec = chart_spec(chart)
+    title = spec.get("title")
+    if isinstance(title, dict):
+        title = title.get("text")
+    bundle: dict[str, Any] = {VEGALITE_MIME: spec,
+                              "text/plain": f"<chart: {title or 'moakit'}; needs a Vega-Lite or SVG renderer>"}
+    if svg:
+        drawn = chart_svg(spec)
+        if drawn:
+            bundle["image/svg+xml"] = drawn
+    return bundle
 
 
-def table_html(df, columns=None, *, money_cols=(), max_rows: int = 50) -> str:
-    """A compact HTML table of a DataFrame (the numbers a chart draws, to read exactly)."""
-    from .tree import BORDER, MUTED, money
+def tooltip(field: str, title: str, fmt: str | None = None, kind: str = "quantitative"):
+    """A tooltip line: ``title`` says what the figure is (and its unit)."""
+    import altair as alt
 
-    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
-    th = f"text-align:right;padding:2px 6px;border-bottom:1px solid {BORDER};color:{MUTED};font-weight:normal"
-    td = f"text-align:right;padding:2px 6px;border-bottom:1px solid {BORDER};white-space:nowrap"
-    head = "".join(f"<th style='{th}'>{html.escape(str(c))}</th>" for c in cols)
-    rows = []
-    for rec in df[cols].head(max_rows).to_dict("records"):
-        cells = "".join(f"<td style='{td}'>{html.escape(money(rec[c]) if c in money_cols else fmt(rec[c]))}</td>"
-                        for c in cols)
-        rows.append(f"<tr>{cells}</tr>")
-    more = (f"<div style='color:{MUTED};font-size:11px'>{len(df) - max_rows} more rows not shown</div>"
-            if len(df) > max_rows else "")
-    return (f"<div style='max-width:100%;overflow-x:auto'><table class='moakit-table' style='border-collapse:collapse;"
-            f"font-size:12px;line-height:1.35;font-family:var(--jp-ui-font-family, sans-serif)'><tr>{head}</tr>"
-            f"{''.join(rows)}</table></div>{more}")
+    return alt.Tooltip(field, title=title, format=fmt, type=kind) if fmt else alt.Tooltip(field, title=title,
+                                                                                         type=kind)
 
 
-def reading_html(text: str | None) -> str:
-    if not text:
-        return ""
-    return (f"<div class='moakit-reading' style='font-size:14px;line-height:1.4;font-weight:bold;margin:4px 0 8px 0;white-space:pre-line;"
-            f"font-family:var(--jp-ui-font-family, sans-serif)'>{html.escape(text)}</div>")
+def linked_rows(data, pick, columns, *, row: str = "row", width: Any = "container"):
+    """A chart's rows as a small table of text marks to go under it (``alt.vconcat``): the row
+    of a point clicked in the chart (selection ``pick`` on the field ``row``) is highlighted.
+    ``columns``: (field, heading, x offset in pixels, d3 format or None) for each column."""
+    import altair as alt
+    import pandas as pd
 
-
-class ChartView:
-    """Base of the analysis views: the one-line reading above a chart with a table beside it.
-    Subclasses give ``reading``, ``chart()`` and ``side()`` (the ipywidget beside the chart)."""
-
-    css_class = "moakit-view"
-    _widget = None
-
-    def side(self):  # pragma: no cover - every view defines it
-        raise NotImplementedError
-
-    def widget(self):
-        if self._widget is None:
-            import ipywidgets as w
-
-            body = w.HBox([chart_widget(self.chart()), self.side()],
-                          layout=w.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="16px"))
-            self._widget = w.VBox([w.HTML(reading_html(self.reading)), body])
-            self._widget.add_class(self.css_class)
-        return self._widget
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget()._repr_mimebundle_(**kwargs)
-
-
-def analysis_reading(df) -> str | None:
-    """The analysis' own reading of its result (``moakit.analysis.reading``), or
-    ``df.attrs["reading"]``: a reading is a courtesy, and a view of any frame still draws."""
-    try:
-        from ..analysis import reading
-
-        return reading(df)
-    except Exception:  # noqa: BLE001
-        return df.attrs.get("reading") if hasattr(df, "attrs") else None
+    rows = list(dict.fromkeys(data[row]))
+    base = alt.Chart(data).encode(y=alt.Y(f"{row}:N", sort=rows, axis=None))
+    layers = [base.mark_rect(color="#fff3c4").encode(
+        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.0), empty=False))]
+    for field, _head, px, fmt in columns:
+        text = alt.Text(f"{field}:Q", format=fmt) if fmt else alt.Text(f"{field}:N")
+        layers.append(base.mark_text(align="left", baseline="middle", fontSize=11).encode(x=alt.value(px), text=text))
+    heads = pd.DataFrame({"h": [0]})
+    for _field, head, px, _fmt in columns:
+        layers.append(alt.Chart(heads).mark_text(align="left", baseline="bottom", fontSize=11, color="#666").encode(
+            x=alt.value(px), y=alt.value(-2), text=alt.value(head)))
+    return alt.layer(*layers).properties(width=width, height=16 * len(rows) + 4)
