@@ -54,37 +54,41 @@ def html_of(widget) -> str:
 
 
 # ---- the pipeline tree on a real run ---------------------------------------------------------
-def test_tree_shows_every_call_with_its_numbers(local):
+def test_tree_shows_every_call_in_the_order_passed_on(local):
     store, lite, _, _ = local
     tree = PipelineTree(store, lite.trace_id)
-    calls = lite.calls
+    calls = lite.calls.set_index("span_id")
+    steps = lite.steps.set_index("step_index")
     assert len(tree.rows) == 13 == len(calls)
-    assert [r["span_id"] for r in tree.rows] == list(calls["span_id"])
-    assert [r["agent"] for r in tree.rows] == list(calls["agent"])
     assert [s["step"] for s in tree.steps] == ["Propose", "Synthesize", "Aggregate"]
     assert [s["calls"] for s in tree.steps] == [6, 6, 1]
-    for row, c in zip(tree.rows, calls.itertuples()):
+    # inside a step, call rows come in the order their answers were shown to the next step
+    for i in (0, 1):
+        shown = [r["span_id"] for r in tree.rows if r["step_index"] == i]
+        assert shown == list(steps.loc[i, "responses_out"])
+        assert [r["passed_on"] for r in tree.rows if r["step_index"] == i] == [1, 2, 3, 4, 5, 6]
+    for row in tree.rows:
+        c = calls.loc[row["span_id"]]
         assert (row["input_tokens"], row["output_tokens"]) == (c.input_tokens, c.output_tokens)
         assert row["latency_s"] == pytest.approx(c.latency_s)
-        assert row["cached"] is False and row["error"] is None and row["model"] == "local/smollm2"
+        assert row["reused"] is False and row["error"] is None and row["model"] == "local/smollm2"
 
     s = tree.summary
-    assert s["calls"] == 13 and s["calls_paid"] == 13 and s["calls_cached"] == 0 and s["calls_failed"] == 0
+    assert s["calls"] == 13 and s["calls_paid"] == 13 and s["calls_reused"] == 0 and s["calls_failed"] == 0
     assert s["input_tokens"] == lite.usage["input_tokens"] and s["output_tokens"] == lite.usage["output_tokens"]
     assert s["cost_usd"] == 0.0 and s["ok"] and s["output"] == lite.output
     assert s["query"] == "Name a primary colour." and s["pipeline"] == "moa_lite"
 
-    html = html_of(tree.widget())
-    assert html.count("class='moakit-call'") == 13
-    for agent in set(calls["agent"]):
-        assert f"<b>{agent}</b>" in html
-    assert f"<b>{s['input_tokens']:,}</b> input + <b>{s['output_tokens']:,}</b> output tokens" in html
-    assert "13</b> calls (13 paid, 0 cached)" in html
-    # prompts and outputs are folded: one closed <details> per call, the system prompt inside
-    assert len(re.findall(r"<details><summary", html)) == 13
-    assert "You have been provided with a set of responses" in html
-    assert "responses shown, in order: 1. " in html
-    # the CLI's text form stays in step with the widget
+    for html in (tree.tree_html(), html_of(tree.widget())):  # the static copy and the live widget agree
+        assert html.count("class='moakit-call'") == 13
+        for agent in set(calls["agent"]):
+            assert f"<b>{agent}</b>" in html
+        assert f"<b>{s['input_tokens']:,}</b> input + <b>{s['output_tokens']:,}</b> output tokens" in html
+        assert "13</b> calls (13 paid, 0 reused)" in html and "cached" not in html
+        assert len(re.findall(r"<details><summary", html)) == 13  # prompts and outputs folded
+        assert "You have been provided with a set of responses" in html
+        assert "responses shown, in order: 1. " in html
+        assert "what the columns mean" in html and "US dollars" in html  # the key, with units
     text = tree_text(store, lite.trace_id)
     assert text.count("local/smollm2") == 13 and "step 2 Aggregate" in text
 
@@ -107,23 +111,23 @@ def test_shuffle_dropout_rank_say_what_they_did(local):
     choice = recorded.loc["Rank", "rank_choice"]
     assert isinstance(choice, list) and 1 <= len(choice) <= 2  # the parsed reply may keep fewer than n
     kept = [new_order[i] for i in [0, 2, 3]]
-    assert steps["Rank"]["action"] == ("chose " + ", ".join(f"position {i + 1} ({kept[i]})" for i in choice)
-                                       + " of 3 shown")
-    html = html_of(tree.widget())
+    assert steps["Rank"]["action"].startswith("chose " + ", ".join(f"position {i + 1} ({kept[i]})" for i in choice)
+                                              + " of 3 shown")
+    html = tree.tree_html()
     assert "permutation [3, 1, 0, 2]" in html and f"dropped: {new_order[1]}" in html and "chose position" in html
     assert "Shuffle" in tree_text(store, robust.trace_id).split("permutation")[0]
 
 
-def test_replayed_run_marks_every_call_cached_and_free(local):
+def test_replayed_run_marks_every_call_reused_and_free(local):
     store, lite, _, replayed = local
     tree = PipelineTree(store, replayed.trace_id[:10])  # a unique prefix is enough
     assert tree.trace_id == replayed.trace_id
-    assert all(r["cached"] for r in tree.rows) and len(tree.rows) == 13
+    assert all(r["reused"] for r in tree.rows) and len(tree.rows) == 13
     s = tree.summary
-    assert s["calls_cached"] == 13 and s["calls_paid"] == 0 and s["cost_usd"] == 0.0
+    assert s["calls_reused"] == 13 and s["calls_paid"] == 0 and s["cost_usd"] == 0.0
     assert s["output"] == lite.output
-    html = html_of(tree.widget())
-    assert html.count(">cached</span>") == 13
+    html = tree.tree_html()
+    assert html.count(">reused</span>") == 13 and "cached" not in html
     assert "replayed from span" in html
 
 
@@ -135,6 +139,54 @@ def test_view_and_show_pick_the_right_widget(local):
     assert isinstance(batch, BatchView) and [r["trace_id"] for r in batch.rows] == [lite.trace_id, robust.trace_id]
     bundle = PipelineTree(store, lite.trace_id)._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+    # the one-bundle form carries the whole view as static HTML too, the timeline as inline SVG
+    assert bundle["text/html"].count("class='moakit-call'") == 13 and "<svg" in bundle["text/html"]
+
+
+def displayed(v) -> list[dict]:
+    """The outputs a view displays in a cell (what a notebook saves), as (mime bundle) dicts."""
+    from unittest import mock
+
+    out = []
+
+    class Handle:
+        def update(self, data, raw=True):
+            out[handles.index(self)] = data
+
+    handles = []
+
+    def fake_display(data, raw=False, display_id=None):
+        out.append(data)
+        h = Handle()
+        handles.append(h)
+        return h if display_id else None
+
+    with mock.patch("IPython.display.display", fake_display):
+        v._ipython_display_()
+    return out
+
+
+def test_a_displayed_view_is_a_static_copy_then_its_widget_then_its_chart(local):
+    """The outputs a saved notebook keeps: the tree as plain HTML (readable with no kernel,
+    saying what needs one), the widget after it (with the CSS that hides whichever cannot
+    work), and the timeline as Vega-Lite with its SVG."""
+    from moakit.widgets.chart import VEGALITE_MIME
+
+    store, lite, _, _ = local
+    tree = PipelineTree(store, lite.trace_id)
+    outs = displayed(tree)
+    assert len(outs) == 3
+    static, widget, chart = outs
+    assert set(static) == {"text/html"} and static["text/html"].count("class='moakit-call'") == 13
+    assert f"moakit-static-{tree.uid}" in static["text/html"] and "need a running kernel" in static["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in widget and "needs" not in widget.get("text/html", "")
+    rules = html_of(tree.live_widget(tree.part("tree")))
+    assert "jupyter-widgets-disconnected" in rules and f".moakit-static-{tree.uid}" in rules
+    assert VEGALITE_MIME in chart and chart["image/svg+xml"].startswith("<svg")
+    spec = chart[VEGALITE_MIME]
+    assert spec["$schema"].endswith("/v5.json")
+    tips = [t["title"] for layer in spec["layer"] for t in layer["encoding"].get("tooltip", [])]
+    assert "what the call was doing" in tips and "cost (USD)" in tips
 
 
 def test_widget_state_embeds_the_tree(local):
@@ -169,7 +221,9 @@ def test_failed_calls_and_failed_runs_are_red(stub, tmp_path):
     tree = PipelineTree(store, r.trace_id)
     bad = [x for x in tree.rows if x["error"]]
     assert [x["agent"] for x in bad] == ["leaky"] and tree.summary["calls_failed"] == 1 and tree.summary["ok"]
-    html = html_of(tree.widget())
+    # the failed call was not passed on: it comes after the one that was
+    assert [x["agent"] for x in tree.rows if x["step_index"] == 0] == ["good", "leaky"]
+    html = tree.tree_html()
     assert "<tr class='moakit-call' style='color:#c62828;'><td" in html
     assert html.count("style='color:#c62828;'") == 1  # only the failed call's row
     assert "1 failed" in html
@@ -182,14 +236,24 @@ def test_failed_calls_and_failed_runs_are_red(stub, tmp_path):
     assert "✗ failed:" in h2 and "color:#c62828" in h2 and "no answer" in h2
 
 
-def test_a_retried_attempt_shows_the_wait_that_followed(stub, tmp_path):
+def test_a_retried_call_shows_its_wait_in_the_tree_and_the_timeline(stub, tmp_path):
+    from moakit.widgets.timeline import run_segments
+
     store = moakit.TraceStore(tmp_path / "t.db")
     cfg = ClientConfig(retries=1, backoff=0.05, max_backoff=0.05)
     r = moakit.run([Propose(["good", "leaky"]), Aggregate("good")], "q", store=store, client_config=cfg,
                    models={a: stub.model(a) for a in ("good", "leaky")})
-    html = html_of(PipelineTree(store, r.trace_id).widget())
+    tree = PipelineTree(store, r.trace_id)
+    html = tree.tree_html()
     # the leaky proposer fails twice: its first attempt was followed by a backoff wait, its last by none
     assert html.count("retried after") == 1 and "(backoff)" in html, html.count("retried after")
+    segs, order = run_segments(tree.data)
+    leaky = [s for s in segs if s["agent"] == "leaky"]
+    assert [s["phase"] for s in leaky] == ["failed attempt", "waiting to retry", "failed attempt"]
+    assert leaky[1]["seconds"] == pytest.approx(0.05, abs=0.02) and leaky[1]["t0"] == pytest.approx(leaky[0]["t1"])
+    assert order == ["step 0 · Propose", "0 · good", "0 · leaky", "step 1 · Aggregate", "1 · good"]
+    good = next(s for s in segs if s["row"] == "0 · good")
+    assert good["phase"] == "in flight" and good["t0"] >= 0 and good["t1"] > good["t0"]
 
 
 def test_hundreds_of_calls_are_paged_and_prompts_loaded_per_page(stub, tmp_path):
@@ -205,44 +269,55 @@ def test_hundreds_of_calls_are_paged_and_prompts_loaded_per_page(stub, tmp_path)
     assert propose["pages"] == 5 and propose["page"] == 0
     assert len(tree.rows) == 26  # 25 proposals + the aggregator
     w = tree.widget()
-    assert len(tree._contents) == 26  # prompts read for the pages shown only
+    assert len(tree.data.contents) == 26  # prompts read for the pages shown only
     html = html_of(w)
     assert html.count("class='moakit-call'") == 26 and "calls 1–25 of 120" in html
-    # repeated agents are told apart by sample index
-    assert [x["sample"] for x in tree.rows[:25]] == sorted(x["sample"] for x in tree.rows[:25])
+    assert "calls 1–25 of 120 (other pages need a running kernel)" in tree.tree_html()
     assert "p#0" in tree_text(store, r.trace_id) and "p#119" in tree_text(store, r.trace_id)
 
     tree.set_page(0, 4)
-    shown = [x["sample"] for x in tree.rows if x["step"] == "Propose"]
-    assert len(shown) == 20 and set(shown) == set(range(100, 120))
-    assert "calls 101–120 of 120" in html_of(w) and len(tree._contents) == 46
+    shown = [x["passed_on"] for x in tree.rows if x["step"] == "Propose"]
+    assert shown == list(range(101, 121))
+    assert "calls 101–120 of 120" in html_of(w) and len(tree.data.contents) == 46
     tree.set_page(0, 99)  # clamped to the last page
     assert tree.steps[0]["page"] == 4
     tree.set_page(0, -3)
     assert tree.steps[0]["page"] == 0 and html_of(w).count("class='moakit-call'") == 26
 
 
-def test_batch_view_pages_runs_and_builds_trees_when_opened(stub, tmp_path):
+def test_batch_view_saved_holds_every_run_numbered_from_one(stub, tmp_path):
     models = {a: stub.model(a) for a in ("p1", "p2", "agg")}
     store = moakit.TraceStore(tmp_path / "batch.db")
     prompts = [f"question {i}" for i in range(12)]
     df = moakit.run_batch([Propose(["p1", "p2"]), Aggregate("agg")], prompts, models=models, store=store,
-                          progress=False)
-    bv = BatchView(store, df, page_size=5)
+                          progress=False, name="two-proposers")
+    bv = BatchView(store, df)
     s = bv.summary
-    assert s["runs"] == 12 and s["pages"] == 3 and s["calls"] == 36 and s["failed"] == 0
-    assert [r["prompt"] for r in bv.rows] == prompts[:5]
-    assert [r["trace_id"] for r in bv.rows] == list(df["trace_id"][:5])
-    w = bv.widget()
-    acc = bv._acc
-    assert len(acc.children) == 5 and acc.titles[0].startswith("✓ #0 ") and "question 0" in acc.titles[0]
-    assert acc.selected_index == 0 and isinstance(bv._trees.get(bv.rows[0]["trace_id"]), PipelineTree)
-    assert len(bv._trees) == 1  # only the opened run's tree was built
-    acc.selected_index = 3
-    assert len(bv._trees) == 2 and "question 3" in html_of(acc.children[3])
-    bv.set_page(2)
-    assert [r["prompt"] for r in bv.rows] == prompts[10:]
-    assert len(acc.children) == 2 and "runs 11–12 of 12" in html_of(w)
+    assert s["runs"] == 12 and s["calls"] == 36 and s["failed"] == 0 and s["calls_paid"] == 36
+    assert [r["n"] for r in bv.rows] == list(range(1, 13))
+    assert [r["prompt"] for r in bv.rows] == prompts and [r["trace_id"] for r in bv.rows] == list(df["trace_id"])
+    # the static copy (what a saved notebook shows) lists every run, numbered as the labels count
+    static = bv.batch_html()
+    assert static.count("class='moakit-row'") == 12
+    assert all(f">question {i}<" in static for i in range(12))
+    assert "<b>run #1</b> of 12" in static and "need a running kernel" not in static  # said once, by the copy
+    assert "run #1" in bv.static_copy(bv.part("batch")) and "need a running kernel" in bv.static_copy(bv.part("batch"))
+    assert ">pipeline or variant<" in static and "two-proposers" in static and "what the columns mean" in static
+    assert len(bv.trees) == 1  # only the opened run's tree was built
+    bv.widget()
+    bv.open(4)
+    assert len(bv.trees) == 2 and "question 3" in bv.batch_html() and "<b>run #4</b>" in bv.batch_html()
+    with pytest.raises(ValueError, match="runs 1 to 12"):
+        bv.open(13)
+    bv.table.sort_by("n", descending=True)
+    assert [r["n"] for r in bv.rows][:2] == [12, 11] and "sorted by #, largest first" in bv.batch_html()
+    bv.table.set_filter("question 1")
+    assert {r["prompt"] for r in bv.rows} == {"question 1", "question 10", "question 11"}
+    # the timeline: a row per run, every call on it
+    chart = bv.timeline_chart().to_dict()
+    data = max(chart["datasets"].values(), key=len)
+    assert len([d for d in data if d["phase"] == "in flight"]) == 36
+    assert {d["row"] for d in data} == {f"#{i} two-proposers" for i in range(1, 13)}
     # the same runs from trace ids only: prompts are read from the store
     assert [r["prompt"] for r in BatchView(store, list(df["trace_id"][:3])).rows] == prompts[:3]
     assert BatchView(store, batch_id=df.attrs["batch_id"]).summary["runs"] == 12
@@ -258,39 +333,69 @@ def _bias_frame():
         "p_value": [0.0005, 0.004, 0.006], "content_share": [0.5] * 3, "cramers_v": [0.05] * 3})
 
 
-def _layers(spec):
-    return [l["mark"]["type"] if isinstance(l["mark"], dict) else l["mark"] for l in spec["layer"]]
+def _tooltip_titles(spec) -> list[str]:
+    out = []
+    stack = [spec]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            tips = x.get("encoding", {}).get("tooltip") if isinstance(x.get("encoding"), dict) else None
+            out += [t["title"] for t in (tips or []) if isinstance(t, dict) and "title" in t]
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return out
 
 
 def test_bias_view_draws_the_intervals_table_and_reading():
     from moakit.analysis import reading
+    from moakit.widgets.chart import VEGALITE_MIME, chart_bundle
 
     df = _bias_frame()
     v = BiasView(df)
     assert v.reading == reading(df)
-    assert v.reading.startswith("shuffle, Aggregate [order randomized by Shuffle; 40 calls]: position 1 is drawn on "
-                                "beyond chance: excess 0.40 [0.25, 0.55], p = 0.0005")
+    # the view's reading leads with the estimate the chart draws, in a plain sentence
+    assert v.lines == ["<b>shuffle, Aggregate</b> (order randomized by Shuffle): position 1 is drawn on more often "
+                       "than chance (excess 0.40, 95% interval 0.25 to 0.55, p < 0.001)."]
     assert v.x == "position" and v.block is None and v.reference == 0.0
-    spec = v.spec
-    assert _layers(spec) == ["rule", "rule", "point", "point"]  # no-effect line, interval, filled and open marks
-    assert spec["layer"][1]["encoding"]["y2"]["field"] == "ci_high"
-    assert spec["layer"][2]["mark"]["filled"] and not spec["layer"][3]["mark"]["filled"]
-    data = max(spec["datasets"].values(), key=len)
+    main = v.spec["vconcat"][0]
+    assert [l["mark"]["type"] for l in main["layer"]] == ["rule", "rule", "point", "point"]
+    assert main["layer"][1]["encoding"]["y2"]["field"] == "ci_high"
+    assert main["width"] == "container"  # the chart takes the cell's width
+    data = max(v.spec["datasets"].values(), key=len)
     assert [d["excess"] for d in data] == [0.4, -0.2, -0.2] and [d["ci_low"] for d in data] == [0.25, -0.3, -0.31]
-    assert "open marks" not in str(spec["title"])  # every row randomized
-    html = html_of(v.widget())
-    assert "<svg" in html and "p = 0.0005" in html
-    assert "<td style='text-align:right;padding:2px 6px;border-bottom:1px solid var(--jp-border-color2, #ddd);" \
-           "white-space:nowrap'>0.400</td>" in html
-    assert "5.0e-04" in html  # the p-value, formatted
+    tips = _tooltip_titles(v.spec)
+    assert "excess over chance ((share − chance)/(1 − chance); 0 = no effect)" in tips
+    assert "95% simultaneous interval" in tips and "p-value (adjusted over the block)" in tips
+    assert any(p.get("select", {}).get("type") == "point" for p in v.spec["params"])  # click a point: its row
+    bundle = chart_bundle(v.chart())
+    assert bundle["image/svg+xml"].startswith("<svg") and "position shown" in bundle["image/svg+xml"]
+    assert bundle[VEGALITE_MIME]["$schema"].endswith("v5.json")
+    table = v.figures.static_html()
+    assert ">excess over chance<" in table and ">95% interval<" in table and ">p (adjusted)<" in table
+    assert "p_value" not in table and "ci_low" not in table  # column names in words
+    assert ">0.25 to 0.55<" in table and ">&lt; 0.001<" in table
+    assert "(share − chance) / (1 − chance)" in v.figures.key_html()  # the key defines each column
     # two blocks (the shuffled variant and a fixed-order one) are drawn side by side, the fixed one open
     fixed = df.assign(variant="base", randomized=False, design="fixed", p_value=float("nan"), cramers_v=1.0)
     two = BiasView(pd.concat([df, fixed]))
     assert two.block == ["shuffle · randomized"] * 3 + ["base · fixed order"] * 3
-    assert "xOffset" in two.spec["layer"][1]["encoding"] and "open marks" in str(two.spec["title"])
-    assert "never randomized" in two.reading and "Cramér's V 1.00" in two.reading
+    assert "xOffset" in two.spec["vconcat"][0]["layer"][1]["encoding"]
+    assert "open marks" in str(two.spec["vconcat"][0]["title"])
+    assert "not a position effect, and not tested" in two.lines[1] and "Cramér's V 1.00" in two.lines[1]
     with pytest.raises(ValueError, match="positional_bias"):
         BiasView(pd.DataFrame({"position": [1]}))
+
+
+def test_bias_view_counts_every_call_left_out_with_its_reason():
+    df = _bias_frame()
+    df.attrs["blocks"] = [{"variant": "shuffle", "measure": "copied", "randomized": True, "step": "Aggregate",
+                           "status": {"attributed": 1, "unattributed: a blend": 7, "not attributable: empty": 2}}]
+    df.attrs["excluded"] = {"failed": 3}
+    lines = BiasView(df).lines
+    assert "Calls: 1 of 10 calls attributed; 9 left out: 7 unattributed (a blend); 2 not attributable (empty)." \
+        in lines[1]
+    assert lines[2] == "Left out before attribution: 3 calls failed."
 
 
 def test_bias_view_of_a_real_analysis(local):
@@ -304,7 +409,7 @@ def test_bias_view_of_a_real_analysis(local):
     assert "moa_lite" in v.reading and "never randomized" in v.reading
     assert set(df.loc[df["measure"] == "kept", "randomized"]) <= {True}
     by_agent = BiasView(positional_bias(store, by="agent", draws=199))
-    assert by_agent.x == "agent" and "<svg" in html_of(by_agent.widget())
+    assert by_agent.x == "agent" and by_agent.static_html().count("<svg") >= 1
 
 
 def _ablation_frame():
@@ -323,15 +428,22 @@ def test_ablation_view_shows_scores_cost_and_reuse():
     df = _ablation_frame()
     v = AblationView(df)
     assert v.variants == ["base", "shuffle", "dropout0.2"] and v.reading == reading(df)
-    charts = v.spec["vconcat"]
-    assert [c["title"]["text"] if isinstance(c["title"], dict) else c["title"] for c in charts] == \
-        ["score by variant", "calls paid and reused", "tokens"]
-    datasets = v.spec["datasets"]
-    calls = next(d for d in datasets.values() if d and "calls" in d[0] and "count" in d[0])
+    assert v.lines[0].startswith("<b>base</b> (the baseline) scores 0.50 on average (95% interval 0.30 to 0.70")
+    assert v.lines[1].startswith("<b>shuffle</b> scores 0.55, +0.05 against base (95% interval -0.10 to 0.20")
+    assert "shuffle 20 paid, 60 reused" in v.lines[3]
+    main = v.spec["vconcat"][0]
+    assert main["title"]["text"] == "Mean score of each variant"
+    axis = main["layer"][0]["encoding"]["x"]["axis"]
+    assert axis["labelOverlap"] is True and axis["format"] == ".2f"  # no "0.000.05" tick labels
+    cost = v.cost_chart().to_dict()
+    calls = next(d for d in cost["datasets"].values() if d and "calls" in d[0] and "count" in d[0])
     assert {(d["variant"], d["calls"], d["count"]) for d in calls} >= {("shuffle", "paid", 20), ("shuffle", "reused", 60)}
-    html = html_of(v.widget())
-    assert "$0.0123" in html and "$0.00300" in html and "$0<" in html and "<svg" in html
-    assert v.table_columns()[:4] == ["variant", "score", "ci_low", "ci_high"]
+    table = v.figures.static_html()
+    assert "$0.0123" in table and "$0.00300" in table and ">$0<" in table
+    assert ">calls reused<" in table and ">difference from base<" in table and "delta_ci_low" not in table
+    assert "overflow-x:auto" in table  # a wide table scrolls inside the cell instead of being clipped
+    assert v.static_html().count("<svg") == 2
+    assert v.table_columns()[:4] == ["variant", "score", "ci", "delta"]
 
 
 def test_impact_view_of_a_paper_design_result_shows_table4_beside_the_paper():
@@ -350,15 +462,15 @@ def test_impact_view_of_a_paper_design_result_shows_table4_beside_the_paper():
                          "score": float(rng.random() < 0.5)})
     df = impact_statistics(pd.DataFrame(rows), n_perm=200, n_boot=100)
     v = ImpactView(df)
-    assert v.reading == reading(df) and "aggregator effect SD" in v.reading
+    assert v.reading == reading(df)
     assert list(v.table4["model"]) == list(table4(df)["model"]) == ["qwen1.5-110b-chat", "wizardlm-2-8x22b",
                                                                      "dbrx-instruct"]
     assert list(v.effects["factor"]) == ["aggregator", "proposers", "ratio"]
     assert len(v.contrasts) == 6
     titles = [c["title"]["text"] if isinstance(c["title"], dict) else c["title"] for c in v.spec["vconcat"]]
-    assert titles[1:] == ["mean score of each level", "pairwise contrasts",
-                          "effect of each choice (debiased SD of its level means)"]
-    html = html_of(v.widget())
+    assert titles[1:] == ["Mean score of each level", "Pairwise contrasts",
+                          "Effect of each choice (debiased SD of its level means)"]
+    html = v.static_html()
     assert "Table 4 layout" in html and "<svg" in html and "61.3" in html and "63.8" in html
     qwen = v.table4.iloc[0]
     assert f"{qwen['as_aggregator']:.1f} [{qwen['as_aggregator_ci_low']:.1f}, " in html
@@ -370,9 +482,9 @@ def test_impact_view_of_a_grid_has_no_table4():
     rows = [{"aggregator": a, "proposers": s, "item": p, "score": float((p + i + j) % 3 == 0)}
             for p in range(12) for i, a in enumerate(["agg1", "agg2"]) for j, s in enumerate(["set1", "set2"])]
     v = ImpactView(impact_statistics(pd.DataFrame(rows), n_perm=100, n_boot=50))
-    assert v.table4 is None
-    html = html_of(v.widget())
-    assert "Table 4 layout" not in html and "effects" in html and "<svg" in html
+    assert v.table4 is None and "table4" not in [p.name for p in v.parts()]
+    html = v.static_html()
+    assert "<b>Table 4 layout</b>" not in html and "Effects" in html and "<svg" in html
 
 
 # ---- a notebook executed headless keeps its widgets ---------------------------------------------
@@ -407,7 +519,7 @@ def test_quickstart_executed_headless_saves_the_tree_in_widget_state(tmp_path):
 
     tree_html = html_under(views[0])
     assert tree_html.count("class='moakit-call'") == 13
-    assert "<b>moa_lite</b>" in tree_html and "13</b> calls (13 paid, 0 cached)" in tree_html
+    assert "<b>moa_lite</b>" in tree_html and "13</b> calls (13 paid, 0 reused)" in tree_html
     for agent in ("wizardlm-2-8x22b", "qwen1.5-110b-chat", "dbrx-instruct", "qwen1.5-72b-chat"):
         assert f"<b>{agent}</b>" in tree_html
     # the Shuffle/Dropout run says what they did

@@ -134,12 +134,13 @@ class AblationView(View):
                 alt.Tooltip("vs_base:N", title=f"difference from {self.baseline}")]
         base = alt.Chart(data).encode(y=y, tooltip=tips)
         dim = alt.condition(pick, alt.value(1.0), alt.value(0.3))
-        x = alt.X(f"{self.score}:Q", title=f"mean score ({self.scorer})" if self.scorer else "mean score",
+        x_title = f"mean score ({self.scorer})" if self.scorer else "mean score"
+        x = alt.X(f"{self.score}:Q", title=x_title,
                   axis=alt.Axis(format=".2f", tickCount=6, labelOverlap=True))
         layers = []
         if has_ci:
             layers.append(base.mark_rule(strokeWidth=2, color="#1f5fa8").encode(
-                x=alt.X("ci_low:Q", title=x.title, axis=alt.Axis(format=".2f", tickCount=6, labelOverlap=True)),
+                x=alt.X("ci_low:Q", title=x_title, axis=alt.Axis(format=".2f", tickCount=6, labelOverlap=True)),
                 x2="ci_high:Q", opacity=dim))
         layers.append(base.mark_point(filled=True, size=90, color="#1f5fa8").encode(x=x, opacity=dim)
                       .add_params(pick))
