@@ -181,7 +181,7 @@ def test_a_displayed_view_is_a_static_copy_then_its_widget_then_its_chart(local)
     assert f"moakit-static-{tree.uid}" in static["text/html"] and "need a running kernel" in static["text/html"]
     assert "application/vnd.jupyter.widget-view+json" in widget and "needs" not in widget.get("text/html", "")
     rules = html_of(tree.live_widget(tree.part("tree")))
-    assert "jupyter-widgets-disconnected" in rules and f".moakit-static-{tree.uid}" in rules
+    assert "jupyter-widgets-disconnected" in rules and f".moakit-static-live-{tree.uid}" in rules
     assert VEGALITE_MIME in chart and chart["image/svg+xml"].startswith("<svg")
     spec = chart[VEGALITE_MIME]
     assert spec["$schema"].endswith("/v5.json")
@@ -376,6 +376,9 @@ def test_bias_view_draws_the_intervals_table_and_reading():
     assert "p_value" not in table and "ci_low" not in table  # column names in words
     assert ">0.25 to 0.55<" in table and ">&lt; 0.001<" in table
     assert "(share − chance) / (1 − chance)" in v.figures.key_html()  # the key defines each column
+    # with a kernel the table's widget stands in for its static copy; the reading has no widget and always shows
+    assert f"moakit-static-live-{v.uid}" in v.static_copy(v.part("table"))
+    assert "moakit-static-live" not in v.static_copy(v.part("reading"))
     # two blocks (the shuffled variant and a fixed-order one) are drawn side by side, the fixed one open
     fixed = df.assign(variant="base", randomized=False, design="fixed", p_value=float("nan"), cramers_v=1.0)
     two = BiasView(pd.concat([df, fixed]))

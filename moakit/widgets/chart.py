@@ -54,9 +54,14 @@ def chart_svg(chart) -> str | None:
     """The SVG of an altair chart (or a spec), rendered in-process by vl-convert; None without it."""
     if not have_svg():
         return None
+    return spec_svg(chart_spec(chart))
+
+
+def spec_svg(spec: dict) -> str:
+    """The SVG of a Vega-Lite spec (left as it is: :func:`_fixed` builds a new one)."""
     import vl_convert as vlc
 
-    spec = _fixed(chart_spec(chart))
+    spec = _fixed(spec)
     try:
         return vlc.vegalite_to_svg(spec, vl_version=SVG_VL_VERSION)
     except (ValueError, RuntimeError):  # a vl-convert without that version: its own default
@@ -72,8 +77,8 @@ def chart_bundle(chart, *, svg: bool = True) -> dict:
         title = title.get("text")
     bundle: dict[str, Any] = {VEGALITE_MIME: spec,
                               "text/plain": f"<chart: {title or 'moakit'}; needs a Vega-Lite or SVG renderer>"}
-    if svg:
-        drawn = chart_svg(spec)
+    if svg and have_svg():
+        drawn = spec_svg(spec)
         if drawn:
             bundle["image/svg+xml"] = drawn
     return bundle

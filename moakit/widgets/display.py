@@ -106,9 +106,10 @@ class View:
                     f"{esc(KERNEL_NOTE)}</div>")
             # trusted JupyterLab with no saved widget state: the widget output after this copy can
             # only say "model not found"; this copy already shows the view
-            rules = (f"<style>.jp-OutputArea-child:has(.moakit-static-{self.uid}) + .jp-OutputArea-child:has("
+            rules = (f"<style>.jp-OutputArea-child:has(.moakit-static-live-{self.uid}) + .jp-OutputArea-child:has("
                      f"> .jp-OutputArea-output.jupyter-widgets:not(:has(*))){{display:none}}</style>")
-        return (f"<div class='moakit-static moakit-static-{self.uid} {self.css_class}' data-part='{esc(part.name)}' "
+        live = f" moakit-static-live-{self.uid}" if part.kind == "live" else ""
+        return (f"<div class='moakit-static moakit-static-{self.uid}{live} {self.css_class}' data-part='{esc(part.name)}' "
                 f"style='{FONT}'>{rules}{part.static() if part.static else ''}{note}</div>")
 
     def live_rules(self) -> str:
@@ -116,8 +117,9 @@ class View:
         a kernel; the widget hides once it is not (drawn from saved state)."""
         u = self.uid
         live = f".moakit-live-{u}:not(.jupyter-widgets-disconnected)"
-        return (f"<style>body:has({live}) .moakit-static-{u},"
-                f"body:has({live}) .jp-OutputArea-child:has(.moakit-static-{u}){{display:none !important}}"
+        # only the static copies of live parts hide: a reading (an html part) has no widget to stand in for it
+        return (f"<style>body:has({live}) .moakit-static-live-{u},"
+                f"body:has({live}) .jp-OutputArea-child:has(.moakit-static-live-{u}){{display:none !important}}"
                 f".moakit-live-{u}.jupyter-widgets-disconnected,"
                 f".jp-OutputArea-child:has(.moakit-live-{u}.jupyter-widgets-disconnected){{display:none !important}}"
                 f"</style>")

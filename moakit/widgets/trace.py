@@ -45,10 +45,28 @@ def _plan(pipeline_json) -> list[dict]:
         return []
 
 
+def _missing(v) -> bool:
+    return v is None or v is pd_NA or v is pd_NaT or (isinstance(v, float) and v != v)
+
+
 def _records(df) -> list[dict]:
-    """A DataFrame's rows as dicts, missing values as None."""
-    out = df.astype(object).where(df.notna(), None).to_dict("records") if len(df) else []
-    return out
+    """A DataFrame's rows as dicts, missing values as None. Column by column (``tolist``):
+    going through ``astype(object)`` iterated every Arrow-backed string one by one (a 500-call
+    batch's BatchView spent a third of its reading there)."""
+    if not len(df):
+        return []
+    names = list(df.columns)
+    cols = []
+    for name in names:
+        vals = df[name].tolist()
+        cols.append([None if _missing(v) else v for v in vals])
+    return [dict(zip(names, row)) for row in zip(*cols)]
+
+
+try:
+    from pandas import NA as pd_NA, NaT as pd_NaT
+except ImportError:  # pragma: no cover
+    pd_NA = pd_NaT = object()
 
 
 @dataclass
