@@ -30,7 +30,7 @@ from .common import CaseResult, Row  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "B1": "b1_critical_path", "B2": "b2_overhead", "B3": "b3_batch", "B4": "b4_replay",
-    "B5": "b5_store", "B6": "b6_local", "B7": "b7_startup",
+    "B5": "b5_store", "B6": "b6_local", "B7": "b7_startup", "B8": "b8_views",
 }
 PACKAGES = ["moakit", "mixture-llm", "litellm", "llama_cpp_python", "opentelemetry-sdk", "pandas", "aiohttp",
             "pyarrow"]

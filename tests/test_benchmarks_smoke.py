@@ -28,7 +28,7 @@ def _number(text: str) -> float:
 
 
 def test_every_case_runs_and_reports_figures(results):
-    assert set(results) == {"B1", "B2", "B3", "B4", "B5", "B6", "B7"}
+    assert set(results) == {"B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"}
     for case, res in results.items():
         assert res.error is None, f"{case} crashed: {res.error}\n{res.notes}"
         assert res.rows, f"{case} reported nothing"
