@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "01_quickstart.ipynb"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class", "model not found")
 AGENTS = ("wizardlm-2-8x22b", "qwen1.5-110b-chat", "qwen1.5-72b-chat", "llama-3-70b-instruct",
@@ -105,12 +105,17 @@ def lab(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "jupyter", "trust", str(root / "saved.ipynb")], env=env, check=True,
                    capture_output=True)
 
+    yield from _serve(root, env)
+
+
+def _serve(root: Path, env: dict, *extra: str):
+    """JupyterLab on 127.0.0.1 serving ``root``: yields (base url, token, root), stops it after."""
     port, token = _free_port(), secrets.token_hex(16)
     log = open(root / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.terminals_enabled=False",
-         f"--LabApp.user_settings_dir={_settings(root)}", f"--LabApp.workspaces_dir={root / '.workspaces'}"],
+         f"--LabApp.user_settings_dir={_settings(root)}", f"--LabApp.workspaces_dir={root / '.workspaces'}", *extra],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -161,7 +166,7 @@ def _check_first_tree(page) -> None:
     text = tree.inner_text()
     for agent in AGENTS:
         assert agent in text, f"agent {agent} missing from the tree"
-    assert "moa_lite" in text and "13 calls (13 paid, 0 cached)" in text
+    assert "moa_lite" in text and "13 calls (13 paid, 0 reused)" in text
     assert "step 0 · Propose" in text and "step 1 · Synthesize" in text and "step 2 · Aggregate" in text
     body = page.inner_text("body")
     for err in WIDGET_ERRORS:
@@ -247,4 +252,185 @@ def test_executed_quickstart_shows_its_widgets_from_saved_state(lab, browser):
     counts = [c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code"]
     assert f"[{counts[-1]}]:" in page.locator(".jp-InputArea-prompt").all_inner_texts()
     _screenshot(page, ARTIFACTS / "quickstart-saved.png")
+    page.close()
+
+
+# ---- saved notebooks, opened with no kernel; the same as nbconvert HTML ----------------------------
+#: notebook -> (the views' CSS classes that must show, words that must be read in them, runs in its BatchView)
+SHARED = {
+    "03_positional_bias.ipynb": ({"moakit-bias": ("excess over chance", "95% interval", "what the columns mean"),
+                                  "moakit-batch": ("10 runs", "run #1")}, 10),
+    "04_ablation.ipynb": ({"moakit-ablation": ("(the baseline) scores", "calls reused", "difference from"),
+                           "moakit-batch": ("24 runs", "run #1")}, 24),
+    "05_impact.ipynb": ({"moakit-impact": ("Table 4 layout", "Pairwise contrasts", "what the columns mean")}, None),
+}
+BROKEN = ("Error displaying widget", "model not found", "Failed to load model class")
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Notebooks 03, 04 and 05 executed headless (nbclient, widget state stored, as
+    ``jupyter nbconvert --execute`` does) and trusted. ``MOAKIT_EXECUTED_NOTEBOOKS=<folder>``
+    reuses notebooks executed earlier from that folder (a quicker rerun while working)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = tmp_path_factory.mktemp("saved")
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTER_DATA_DIR": str(root / ".data")}
+    earlier = os.environ.get("MOAKIT_EXECUTED_NOTEBOOKS")
+    for name in SHARED:
+        if earlier and (Path(earlier) / name).exists():
+            shutil.copy(Path(earlier) / name, root / name)
+        else:
+            nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+            NotebookClient(nb, timeout=1800, kernel_name="python3", store_widget_state=True,
+                           resources={"metadata": {"path": str(root)}}).execute()
+            nbformat.write(nb, root / name)
+        subprocess.run([sys.executable, "-m", "jupyter", "trust", str(root / name)], env=env, check=True,
+                       capture_output=True)
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def lab_without_kernel(executed):
+    """JupyterLab serving the executed notebooks; each test shuts the kernel it opens down."""
+    root, env = executed
+    yield from _serve(root, env)
+
+
+def _no_kernel(lab) -> None:
+    """Shut every kernel of the server down (a notebook opened, then left with no kernel: what a
+    reader has who opens a shared notebook without running it, and what widgets see there)."""
+    base, token, _ = lab
+    deadline = time.monotonic() + 60
+    while True:  # the notebook's kernel starts a little after the page opens
+        sessions = json.loads(urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10).read())
+        if sessions or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for s in sessions:
+        req = urllib.request.Request(f"{base}/api/sessions/{s['id']}?token={token}", method="DELETE")
+        urllib.request.urlopen(req, timeout=10).read()
+
+
+def _visible_broken(page) -> int:
+    """Widgets drawn with JupyterLab's red broken-link icon (disconnected from a kernel) that show."""
+    return page.evaluate("""() => [...document.querySelectorAll('.jupyter-widgets-disconnected')]
+        .filter(e => e.offsetParent !== null && getComputedStyle(e).display !== 'none'
+                && getComputedStyle(e, '::before').content !== 'none').length""")
+
+
+@pytest.mark.parametrize("name", list(SHARED))
+def test_saved_notebook_reads_with_no_kernel_in_jupyterlab(lab_without_kernel, browser, name):
+    base, token, root = lab_without_kernel
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    _no_kernel(lab_without_kernel)
+    views, runs = SHARED[name]
+    for cls in views:  # a notebook with many outputs takes a while on a loaded machine
+        page.wait_for_selector(f".moakit-static.{cls}", state="attached", timeout=180_000)
+    # charts draw after JupyterLab loads its Vega renderer
+    page.wait_for_selector(".jp-RenderedVegaCommon5, .vega-embed, .jp-RenderedSVG", state="attached",
+                           timeout=120_000)
+    page.wait_for_timeout(4000)  # saved widget views and Vega charts draw one after another
+    body = page.inner_text("body")
+    for err in BROKEN:
+        assert err not in body, f"{name}: {err}"
+    for cls, words in views.items():
+        shown = page.locator(f".moakit-static.{cls}:visible")
+        assert shown.count() >= 1, f"{name}: no {cls} shows"
+        text = " ".join(shown.all_inner_texts())
+        for w in words:
+            assert w in text, f"{name}: {w!r} not in the saved {cls}"
+    if runs:  # every run's summary is in the saved BatchView
+        assert page.locator(".moakit-static.moakit-batch:visible tr.moakit-row").count() == runs
+    # the charts: drawn by JupyterLab's own Vega (no network), or as the saved SVG
+    charts = page.locator(".jp-RenderedVegaCommon5, .vega-embed, .jp-RenderedSVG, .jp-RenderedImage")
+    assert charts.count() >= 1, f"{name}: no chart drawn"
+    assert _visible_broken(page) == 0, f"{name}: broken-link icons show"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for cls in views:  # a screenshot of each view as a reader of the saved notebook sees it
+        page.locator(f".moakit-static.{cls}:visible").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(ARTIFACTS / f"saved-{name.removesuffix('.ipynb')}-{cls}.png"))
+    page.close()
+
+
+@pytest.mark.parametrize("name", list(SHARED))
+def test_saved_notebook_as_nbconvert_html_holds_the_same_content(executed, browser, name):
+    """``jupyter nbconvert --to html`` of the executed notebook, opened from a file with the
+    network off: the views' content is there, the charts are the SVG fallback."""
+    root, env = executed
+    out = root / "html"
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--output-dir", str(out),
+                    str(root / name)], env=env, check=True, capture_output=True)
+    html_file = out / name.replace(".ipynb", ".html")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.route("http*://**", lambda route: route.abort())  # offline: no CDN
+    page.goto(html_file.as_uri())
+    page.wait_for_timeout(1500)
+    views, runs = SHARED[name]
+    for cls, words in views.items():
+        shown = page.locator(f".moakit-static.{cls}")
+        assert shown.count() >= 1, f"{name}: no {cls} in the HTML"
+        text = " ".join(shown.all_inner_texts())
+        for w in words:
+            assert w in text, f"{name}: {w!r} not in the HTML's {cls}"
+    if runs:
+        assert page.locator(".moakit-static.moakit-batch tr.moakit-row").count() == runs
+    assert page.locator("svg.marks, img[src^='data:image/svg+xml']").count() >= 1, f"{name}: no chart drawn"
+    body = page.inner_text("body")
+    for err in BROKEN:
+        assert err not in body
+    shot = ARTIFACTS / f"nbconvert-{name.removesuffix('.ipynb')}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    page.close()
+
+
+LIVE_CELLS = [
+    "import tempfile\nfrom pathlib import Path\nimport moakit\nfrom moakit import Aggregate, Propose\n"
+    "from moakit.testing.stub_server import StubServer\n"
+    "stub = StubServer(latency=1.0).__enter__()\n"
+    "models = {a: stub.model(a) for a in ('a', 'b', 'c', 'd', 'agg')}\n"
+    "store = moakit.TraceStore(Path(tempfile.mkdtemp()) / 'live.db')",
+    "r = moakit.run([Propose(['a', 'b', 'c', 'd']), Aggregate('agg')], 'Name a colour.', models=models,\n"
+    "               store=store, max_concurrency=1, live=True)",
+    "stub.__exit__(None, None, None)\nr.ok",
+]
+
+
+def test_a_live_run_fills_in_its_tree_in_jupyterlab(lab, browser):
+    """A run with ``live=True`` (four proposers one at a time, a second each): the tree is on
+    the page before the run ends and gains rows as calls finish."""
+    import nbformat
+
+    _, _, root = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in LIVE_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "live.ipynb")
+    page = _open(browser, lab, "live.ipynb")
+    _run_all(page)
+    counts = []
+    shot = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        live = page.locator(".moakit-tree-live")
+        n = live.first.locator("tr.moakit-call").count() if live.count() else -1
+        counts.append(n)
+        if 1 <= n < 5 and not shot:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            live.first.evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.screenshot(path=str(ARTIFACTS / "live-run-in-flight.png"))
+            shot = True
+        if n == 5 and "✓ ok" in live.first.inner_text():
+            break
+        page.wait_for_timeout(300)
+    grew = [c for c in dict.fromkeys(counts) if c >= 0]
+    assert grew[-1] == 5, counts
+    assert len([c for c in grew if 0 <= c < 5]) >= 3, f"the tree did not fill in call by call: {grew}"
+    assert grew == sorted(grew)
+    assert "Traceback (most recent call last)" not in page.inner_text("body")
+    assert _visible_broken(page) == 0
+    page.screenshot(path=str(ARTIFACTS / "live-run-done.png"))
     page.close()
