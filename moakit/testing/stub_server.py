@@ -11,6 +11,10 @@ stops it for tests and benchmarks. Faults (chosen at random, seeded, per request
 ``reset`` (closes the connection with no answer), ``malformed`` (invalid JSON body with 200),
 ``empty`` (200 with an empty choice list). ``GET /stats`` returns counters as JSON.
 
+``--max-in-flight N`` answers 429 (with Retry-After, at once) to every request that arrives
+while N others are being answered: an endpoint whose capacity is N calls in flight, for the
+adaptive-concurrency tests and benchmark. Its count is ``fault_overload`` in ``/stats``.
+
 Besides these transient faults (drawn afresh for every attempt), ``--persistent-fault-rate``
 makes a share of *requests* fail on every attempt (503), chosen by a hash of the request's
 model and messages, so a retried request meets the same fault: that is how a call that
@@ -55,18 +59,26 @@ def persistent_fault(body: dict, seed: int, rate: float) -> bool:
 
 
 def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
-             retry_after: float = 0.2, hang: float = 3600.0, persistent_fault_rate: float = 0.0):
+             retry_after: float = 0.2, hang: float = 3600.0, persistent_fault_rate: float = 0.0,
+             max_in_flight: int = 0):
     from aiohttp import web
 
     rng = random.Random(seed)
     stats: Counter = Counter()
-    in_flight = {"now": 0, "max": 0}
+    in_flight = {"now": 0, "max": 0, "served_max": 0}
 
     async def chat(request: web.Request):
         stats["requests"] += 1
         in_flight["now"] += 1
         in_flight["max"] = max(in_flight["max"], in_flight["now"])
         try:
+            if max_in_flight and in_flight["now"] > max_in_flight:
+                await request.read()
+                stats["fault_overload"] += 1
+                return web.json_response({"error": {"message": f"too many requests in flight (stub limit "
+                                                               f"{max_in_flight})", "type": "rate_limit"}},
+                                         status=429, headers={"Retry-After": str(retry_after)})
+            in_flight["served_max"] = max(in_flight["served_max"], in_flight["now"])
             raw = await request.read()
             body = json.loads(raw or b"{}")
             fault = rng.choice(faults) if fault_rate and rng.random() < fault_rate else None
@@ -119,7 +131,8 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
             in_flight["now"] -= 1
 
     async def get_stats(request):
-        return web.json_response({**stats, "max_in_flight": in_flight["max"]})
+        return web.json_response({**stats, "max_in_flight": in_flight["max"],
+                                  "max_in_flight_served": in_flight["served_max"]})
 
     async def models(request):
         return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
@@ -141,6 +154,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retry-after", type=float, default=0.2)
     ap.add_argument("--persistent-fault-rate", type=float, default=0.0)
+    ap.add_argument("--max-in-flight", type=int, default=0, help="answer 429 above this many requests in flight")
     a = ap.parse_args(argv)
     from aiohttp import web
 
@@ -150,7 +164,7 @@ def main(argv=None):
 
     async def serve():
         app = make_app(a.latency, a.fault_rate, tuple(a.faults.split(",")), a.seed, a.retry_after,
-                       persistent_fault_rate=a.persistent_fault_rate)
+                       persistent_fault_rate=a.persistent_fault_rate, max_in_flight=a.max_in_flight)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
