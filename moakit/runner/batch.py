@@ -54,7 +54,7 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
     cap = 16 if max_concurrency is None else max_concurrency
     session = make_session(st, cache_store, offline=offline, max_concurrency=cap,
                            per_model_concurrency=per_model_concurrency, client_config=client_config,
-                           record_content=record_content, otel=otel)
+                           record_content=record_content, otel=otel, specs=base.specs)
     batch_id = uuid.uuid4().hex[:16]
     items_in_flight = asyncio.Semaphore(max(1, cap))
     bar = None

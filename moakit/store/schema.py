@@ -78,6 +78,7 @@ RETRY_REASON = "moakit.retry.reason"  # "retry-after" (the provider asked) or "b
 QUEUE_WAIT = "moakit.wait.queue_s"  # call: seconds waited for a concurrency slot before the first attempt
 RATE_WAIT = "moakit.wait.rate_s"  # call: seconds waited for a requests/tokens-per-minute budget
 TRANSPORT = "moakit.transport"  # call: "litellm" or "direct"
+LAST_ATTEMPT_START = "moakit.attempt.last_start_ns"  # retried call: when its last attempt was sent (after its waits)
 PIPELINE = "moakit.pipeline"  # run span: the pipeline as JSON
 PIPELINE_NAME = "moakit.pipeline.name"
 SEED = "moakit.seed"

@@ -310,17 +310,24 @@ class TraceStore:
         where, params = self._where(trace_id, A.KIND_CALL)
         last = self.frame(f"""
             SELECT s.trace_id, s.span_id AS call_span_id, s.span_id, s.agent, s.model, s.step_index, s.step,
-                   s.attempt, s.start_ns, s.end_ns, NULL AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final
+                   s.attempt, s.start_ns, s.end_ns, NULL AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final,
+                   CASE WHEN s.attempt > 1 THEN CAST(json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"') AS TEXT)
+                        END AS _last_start
             FROM spans s WHERE {where} AND s.cached = 0 AND s.attempt > 0""", params)
         import pandas as pd
 
         if len(last):
-            if len(failed):  # a retried call's last attempt started when the wait after the one before ended
+            if len(failed):
+                # a retried call's last attempt: recorded when it was sent (after the retry wait and
+                # any wait for a slot or a per-minute budget); files written before that was
+                # recorded: when the wait after the attempt before ended
                 prev = failed.sort_values("attempt").groupby("call_span_id").last()
                 waits = (prev["retry_wait_s"].astype(float).fillna(0.0) * 1e9).round().astype("int64")
                 began = dict(zip(prev.index, (prev["end_ns"].astype("int64") + waits).tolist()))
-                last["start_ns"] = [began.get(c, s) for c, s in zip(last["call_span_id"], last["start_ns"].tolist())]
+                last["start_ns"] = [int(ls) if isinstance(ls, str) else began.get(c, s) for c, s, ls in
+                                    zip(last["call_span_id"], last["start_ns"].tolist(), last["_last_start"].tolist())]
             last["latency_s"] = (last["end_ns"] - last["start_ns"]) / 1e9
+        last = last.drop(columns="_last_start")
         frames = [f for f in (failed, last) if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else failed
         df["final"] = df["final"].astype(bool)
