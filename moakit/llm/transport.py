@@ -26,6 +26,7 @@ litellm as before.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import time
@@ -89,17 +90,14 @@ class Route:
         """(body without messages, the key the seed goes under) for these settings: litellm's
         parameter mapping asked once per combination (it may depend on the values, e.g. a
         temperature a model does not accept is dropped)."""
-        key = (temperature, max_tokens, seeded)
+        key = (temperature, max_tokens, seeded)  # (True == 1: a seeded and an unseeded call never share one)
         hit = self.templates.get(key)
         if hit is None:
             params = self.litellm_params(temperature, max_tokens, _SENTINEL_SEED if seeded else None)
             seed_key = next((k for k, v in params.items() if v == _SENTINEL_SEED and k != "max_tokens"), None) \
                 if seeded else None
             body = self.config.transform_request(self.model, [dict(m) for m in _PROBE], params, {}, {})
-            body = self.finish_body(body)
-            if seed_key is not None:
-                body.pop(seed_key, None)
-            hit = self.templates[key] = (body, seed_key)
+            hit = self.templates[key] = (self.finish_body(body), seed_key)  # (the seed's place kept: same order)
         return hit
 
     def litellm_params(self, temperature, max_tokens, seed) -> dict:
@@ -202,9 +200,13 @@ class Route:
             return self.error(status, message, headers)
         return self.error(status, text, headers)
 
-    def malformed(self, raw: bytes, exc: Exception) -> Exception:
+    def malformed(self, raw: bytes, exc: Exception, content_type: str = "application/json") -> Exception:
         """A 200 whose body is not JSON."""
         if self.flavour == "sdk":
+            if not content_type.split(";")[0].strip().endswith("json"):  # the SDK hands such a body back as text
+                return self.error(500, f"Empty or invalid response from LLM endpoint. Received: "
+                                       f"{raw.decode('utf-8', 'replace')!r}. Check the reverse proxy or model server "
+                                       "configuration.")
             return self.error(500, str(exc))
         return self.error(200, f"Unable to get json response - {exc}, Original Response: "
                                f"{raw.decode('utf-8', 'replace')}")
@@ -299,6 +301,18 @@ def close_sessions() -> None:
     _sessions.clear()
 
 
+@atexit.register
+def _close_at_exit() -> None:
+    """Close the sessions of loops still running at exit (moakit's background loop), so that no
+    'Unclosed client session' is reported as the interpreter goes down."""
+    for loop, (s, _) in list(_sessions.items()):
+        if not s.closed and loop.is_running() and not loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(s.close(), loop).result(2)
+            except Exception:  # noqa: BLE001 - the loop is going down too
+                pass
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=close_sessions)
 
@@ -332,7 +346,7 @@ async def post(route: Route, messages: list[dict], temperature, max_tokens, seed
     try:
         async with s.post(route.url, data=payload, headers=route.headers, timeout=_timeout(timeout)) as resp:
             raw = await resp.read()
-            status, headers = resp.status, resp.headers
+            status, headers, ctype = resp.status, resp.headers, resp.headers.get("Content-Type", "")
     except asyncio.TimeoutError:
         raise route.timeout_error(timeout, time.perf_counter() - t0) from None
     except (aiohttp.ClientError, ConnectionError, OSError) as e:
@@ -342,9 +356,9 @@ async def post(route: Route, messages: list[dict], temperature, max_tokens, seed
     try:
         data = json.loads(raw)
     except ValueError as e:
-        raise route.malformed(raw, e) from None
+        raise route.malformed(raw, e, ctype) from None
     if not isinstance(data, dict):
-        raise route.malformed(raw, ValueError("the body is not a JSON object"))
+        raise route.malformed(raw, ValueError("the body is not a JSON object"), ctype)
     return data
 
 

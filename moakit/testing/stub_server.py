@@ -20,7 +20,10 @@ makes a share of *requests* fail on every attempt (503), chosen by a hash of the
 model and messages, so a retried request meets the same fault: that is how a call that
 finally fails is produced. Two model-name prefixes change the answer for tests:
 ``echo...`` replies with the last message's content verbatim (unicode and length round
-trips), ``leaky...`` answers 500 with an error message that echoes the request's
+trips), ``inspect...`` with the request's body, headers and path as JSON (what a client sent on
+the wire), ``fault-<kind>`` meets that fault on every request (a kind of ``FAULTS``, a status
+code such as ``fault-429`` with a JSON error, ``fault-plain500``, ``fault-html``: a 200 whose body
+is an HTML page), ``leaky...`` answers 500 with an error message that echoes the request's
 Authorization header and all its headers (a provider leaking the key back, for redaction tests).
 """
 
@@ -85,6 +88,18 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
             if latency:
                 await asyncio.sleep(latency)
             model = str(body.get("model", ""))
+            if model.startswith("fault-"):  # this fault on every request, whatever the fault rate
+                kind = model[len("fault-"):]
+                if kind.isdigit():
+                    stats[f"fault_status_{kind}"] += 1
+                    return web.json_response({"error": {"message": f"stub status {kind}", "type": "stub"}},
+                                             status=int(kind), headers={"Retry-After": str(retry_after)}
+                                             if kind in ("429", "503") else None)
+                if kind == "plain500":
+                    return web.Response(text="stub plain-text failure", status=500)
+                if kind == "html":
+                    return web.Response(text="<html>bad gateway page</html>", content_type="text/html")
+                fault = kind
             if model.startswith("leaky"):
                 stats["fault_leaky"] += 1
                 auth = request.headers.get("Authorization", "")
@@ -114,6 +129,8 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
             if model.startswith("echo"):
                 msgs = body.get("messages") or [{}]
                 text = str(msgs[-1].get("content", ""))
+            elif model.startswith("inspect"):  # what arrived: the body and the headers, as JSON
+                text = json.dumps({"body": body, "headers": dict(request.headers), "path": request.path})
             else:
                 text = answer_text(body)
             n_in = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
