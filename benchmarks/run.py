@@ -228,8 +228,9 @@ def markdown(results: list[CaseResult], info: dict, mode: str, started: str, loa
     return "\n".join(out) + "\n"
 
 
-def render(json_path: str, output: str) -> int:
-    """Rewrite the markdown from the raw figures of an earlier run (e.g. after editing NOTES.md)."""
+def render(json_path: str, output: str, section: str | None = None) -> int:
+    """Rewrite the markdown from the raw figures of an earlier run (e.g. after editing NOTES.md);
+    with ``section``, as that section of ``output``."""
     raw = json.loads(Path(json_path).read_text())
     results = []
     for c in raw["cases"]:
@@ -237,8 +238,13 @@ def render(json_path: str, output: str) -> int:
         res.rows = [Row(**r) for r in c["rows"]]
         results.append(res)
     load_before, load_after = raw.get("load", ["unknown", "unknown"])
-    Path(output).write_text(markdown(results, raw["machine"], raw["mode"], raw["started"], load_before, load_after,
-                                     raw.get("total_s", sum(r.seconds for r in results))))
+    md = markdown(results, raw["machine"], raw["mode"], raw["started"], load_before, load_after,
+                  raw.get("total_s", sum(r.seconds for r in results)), with_notes=section is None)
+    if section:
+        cases = ",".join(r.case for r in results)
+        md = write_section(Path(output), section, md, f"python -m benchmarks.run --{raw['mode']} --only {cases} "
+                                                      f"--section {section!r}")
+    Path(output).write_text(md)
     print(f"wrote {output}")
     return 0
 
@@ -257,7 +263,7 @@ def main(argv=None) -> int:
     ap.add_argument("--render", metavar="JSON", help="write the markdown again from a --json file (no run)")
     a = ap.parse_args(argv)
     if a.render:
-        return render(a.render, a.output or str(ROOT / "BENCHMARKS.md"))
+        return render(a.render, a.output or str(ROOT / "BENCHMARKS.md"), a.section)
     quick = bool(a.quick)
     names = [n.strip().upper() for n in a.only.split(",")] if a.only else list(CASES)
     unknown = [n for n in names if n not in CASES]
