@@ -318,8 +318,9 @@ class Caller:
         budget = None
         rpm, tpm = budget_for(cfg.rpm, spec.provider, api_base), budget_for(cfg.tpm, spec.provider, api_base)
         if rpm is not None or tpm is not None:
-            bkey = api_base if isinstance(cfg.rpm, dict) and api_base in cfg.rpm or \
-                isinstance(cfg.tpm, dict) and api_base in cfg.tpm else spec.provider
+            by_base = api_base is not None and any(
+                isinstance(x, dict) and budget_for(x, "", api_base) is not None for x in (cfg.rpm, cfg.tpm))
+            bkey = api_base if by_base else spec.provider  # one budget per API base named, else per provider
             budget = self.budgets.get(bkey)
             if budget is None:
                 budget = self.budgets[bkey] = RateBudget(rpm, tpm)

@@ -191,8 +191,10 @@ def budget_for(limits: float | Mapping[str, float] | None, provider: str, api_ba
     mapping names providers (``"openai"``) or API bases (``"http://host:8000/v1"``, tried first)."""
     if limits is None or isinstance(limits, (int, float)):
         return limits
-    if api_base is not None and api_base in limits:
-        return limits[api_base]
+    if api_base is not None:
+        for key in (api_base, api_base.rstrip("/"), api_base.rstrip("/") + "/"):
+            if key in limits:
+                return limits[key]
     return limits.get(provider)
 
 

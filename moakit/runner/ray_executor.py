@@ -42,9 +42,7 @@ def ensure_ray(ray, workers: int | None) -> int:
     """Start a local Ray when none is running (its workers import the moakit this process
     imported); return the CPUs the cluster offers."""
     if not ray.is_initialized():
-        import moakit
-
-        root = str(Path(moakit.__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])  # the folder this moakit is imported from
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", object_store_memory=256 * 1024 * 1024,
