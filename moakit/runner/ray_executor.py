@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from ..errors import PipelineError
 
+START_ATTEMPTS = 3  # tries at starting a local Ray
+
 # keyword arguments a shard cannot be given as they are
 _NOT_SHIPPED = ("otel",)
 
@@ -44,9 +46,16 @@ def ensure_ray(ray, workers: int | None) -> int:
     if not ray.is_initialized():
         root = str(Path(__file__).resolve().parents[2])  # the folder this moakit is imported from
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", object_store_memory=256 * 1024 * 1024,
-                 runtime_env={"env_vars": {"PYTHONPATH": path, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}})
+        for attempt in range(START_ATTEMPTS):
+            try:
+                ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", object_store_memory=256 * 1024 * 1024,
+                         runtime_env={"env_vars": {"PYTHONPATH": path, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}})
+                break
+            except Exception:  # Ray gives its processes 30 s to start: a busy machine may need another go
+                ray.shutdown()
+                if attempt == START_ATTEMPTS - 1:
+                    raise
         atexit.register(ray.shutdown)  # the Ray moakit started goes with this process
     return int(ray.cluster_resources().get("CPU", 1))
 
