@@ -388,12 +388,17 @@ class Runner:
             raise
         finally:
             t = self.totals
-            rec.run(RunRecord(
+            record = RunRecord(
                 run_span, self.trace_id, start, time.time_ns(), plan.pipeline_json(), json.dumps(plan.query,
                                                                                                    ensure_ascii=False),
                 plan.rng_seed, plan.model_seed is not None, plan.tset.name, plan.models_json(), plan.name, parent,
-                plan.max_tokens, batch_id, batch_item, batch_seed, output, error_type, error, t.paid, t.reused),
-                durable=t.paid > 0 or (error_type is not None and error_type != "RunFailed"))
+                plan.max_tokens, batch_id, batch_item, batch_seed, output, error_type, error, t.paid, t.reused)
+            if t.paid > 0 and error_type in (None, "RunFailed"):
+                # a run that paid, ending normally: committed before it returns, in the group commit of the
+                # calls ending now (not a transaction of its own on the loop)
+                await rec.run_committed(record)
+            else:  # an error on its way out (committed now), or a run that paid nothing (next commit)
+                rec.run(record, durable=error_type is not None and error_type != "RunFailed")
         return Result(output=output, trace_id=self.trace_id, store=self.s.store, error=error,
                       responses=list(responses), seed=plan.rng_seed, calls_paid=self.totals.paid,
                       calls_reused=self.totals.reused, pipeline=plan.pipeline, query=plan.query)

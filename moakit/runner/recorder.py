@@ -89,6 +89,14 @@ class Recorder:
         self.builder.run(rec, rows)
         self._add(rows, durable)
 
+    async def run_committed(self, rec: RunRecord) -> None:
+        """A run that ended: returns once its row is committed (with the other rows of this
+        event-loop turn, as a paid call's)."""
+        rows = Rows()
+        self.builder.run(rec, rows)
+        self._add(rows, False)
+        await self.writer.committed()
+
     def flush(self) -> None:
         """Commit every row waiting: before ``run`` / ``run_batch`` return, their rows are in the
         file. Called from a ``finally``: when an error is already on its way out, a failing write

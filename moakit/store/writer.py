@@ -82,18 +82,43 @@ class Writer:
         return fut
 
     def _group_commit(self, loop) -> None:
+        """Commit the rows queued so far for the waiters of this loop turn. The statements are
+        made here; SQLite's part runs on the writer thread (batches reach the file in the order
+        they were handed over), so the loop goes on answering other calls meanwhile; each waiter
+        is told on its loop when the transaction holding its row has committed."""
         with self._lock:
             waiters = self._waiters.pop(loop, [])
         try:
-            self.flush()
+            fut = self._hand_over() if THREADED_GROUP_COMMIT else None
+            if fut is None:
+                self.flush()
         except BaseException as e:  # noqa: BLE001 - every waiter sees the failure
-            for f in waiters:
-                if not f.done():
-                    f.set_exception(e)
+            _settle(waiters, e)
             return
-        for f in waiters:
-            if not f.done():
-                f.set_result(None)
+        if fut is None:
+            _settle(waiters, None)
+        else:
+            fut.add_done_callback(lambda f: loop.call_soon_threadsafe(_settle, waiters, f.exception()))
+
+    def _hand_over(self):
+        """Give every waiting row to the writer thread as one transaction; return its future (None
+        when nothing waits, or the interpreter is going down: then the caller commits itself)."""
+        with self._flushing:
+            rows, texts = self._take()
+            if not rows:
+                return None if self._behind is None else self._behind
+            try:
+                prepared = self.store.prepare_write(rows, texts, bulk=True)
+            except BaseException:
+                self._requeue(rows, texts)
+                raise
+            try:
+                fut = _writer_thread().submit(self._write, rows, texts, prepared)
+            except RuntimeError:  # shutting down: no new thread work
+                self._write(rows, texts, prepared)
+                return None
+            self._behind = fut  # (one thread, first in first out: the last batch done means all are)
+            return fut
 
     # ---- writing -----------------------------------------------------------------------
     def _take(self) -> tuple[list, dict]:
@@ -152,6 +177,19 @@ class Writer:
     def pending(self) -> int:
         """Rows waiting for a commit."""
         return len(self._rows)
+
+
+# group commits run on the writer thread (False: on the event loop, as before issue 16)
+THREADED_GROUP_COMMIT = True
+
+
+def _settle(waiters: list, error: BaseException | None) -> None:
+    for f in waiters:
+        if not f.done():
+            if error is None:
+                f.set_result(None)
+            else:
+                f.set_exception(error)
 
 
 _writers: "weakref.WeakSet[Writer]" = weakref.WeakSet()
