@@ -1,11 +1,12 @@
-"""Research analyses (issue 5): scorers, positional bias, ablations, aggregator vs proposer impact.
+"""Research analyses (issue 5): scorers, ablations, aggregator vs proposer impact (positional
+bias: tests/test_bias.py).
 
-The bias tests run the real engine -> client -> litellm path against a *scripted* model: a tiny
+Some tests run the real engine -> client -> litellm path against a *scripted* model: a tiny
 litellm custom provider registered here (``scripted/...``) that answers deterministically from
-a hash of the request. Its aggregators copy the response at position 1 with a known
-probability p (otherwise a uniformly chosen one), its rankers put position 1 first with
-probability p: positional_bias must recover p. The ablation, impact and AlpacaEval tests run
-the embedded model with small max_tokens.
+a hash of the request (aggregators copying position 1 with a known probability, judges with
+a known preference). The ablation and AlpacaEval tests run the embedded model with small
+max_tokens. Positional bias is tested in test_bias.py, impact in test_impact.py, the ablation
+statistics in test_ablation.py.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import time
 
 import pytest
 
-from conftest import ALPACA, needs_alpaca
-
 import moakit
-from moakit import Aggregate, Dropout, Propose, Rank, Shuffle, Synthesize
+from moakit import Aggregate, Propose, Shuffle
 from moakit.analysis import scorers as S
 
 # ---- the scripted model -------------------------------------------------------------------------
@@ -225,132 +224,6 @@ def test_llm_judge_both_orders_reconciled_traced_and_cached(scripted, tmp_path):
         fair.score_many(outputs)
 
 
-# ---- positional bias ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def copy_store(scripted, tmp_path_factory):
-    """120 runs: 4 scripted proposals, Shuffle, then two synthesizers on the same shown list:
-    ``fair`` (p = 0) and ``biased`` (copies position 1 with p = 0.5). The fake is deterministic,
-    so the result is too; a 95% interval misses the truth for 1 run seed in 20 by design (run
-    seed 1 is such a draw for ``fair``: p = 0.04), which is why the seed is pinned."""
-    store = moakit.TraceStore(tmp_path_factory.mktemp("bias") / "copy.db")
-    pipe = [Propose(PROPOSERS, max_tokens=32), Shuffle(), Synthesize(["fair", "biased"], max_tokens=32)]
-    df = moakit.run_batch(pipe, PROMPTS, seed=2, store=store, progress=False,
-                          models=scripted_models(fair="copy1-p0", biased="copy1-p0.5"))
-    assert df["error"].isna().all()
-    return store
-
-
-def _row(df, **kw):
-    sub = df
-    for k, v in kw.items():
-        sub = sub[sub[k] == v]
-    assert len(sub) == 1, (kw, sub)
-    return sub.iloc[0]
-
-
-def test_positional_bias_recovers_injected_copy_probability(copy_store):
-    from moakit.analysis import BIAS_COLUMNS, bias_summary, positional_bias
-
-    df = positional_bias(copy_store, by="aggregator", n_boot=500)
-    assert list(df.columns) == BIAS_COLUMNS
-    biased = df[df["aggregator"] == "biased"]
-    assert list(biased["position"]) == [1, 2, 3, 4] and (biased["n"] == 120).all()
-    top = _row(biased, position=1)
-    assert top["ci_low"] <= 0.5 <= top["ci_high"] and top["ci_low"] > 0.2
-    assert top["chance"] == pytest.approx(0.25) and top["lift"] > 1.6 and top["p_value"] < 0.01
-    assert (biased[biased["position"] > 1]["influence"] < 0).all()  # the others lose what position 1 wins
-    fair = df[df["aggregator"] == "fair"]
-    assert ((fair["ci_low"] <= 0) & (fair["ci_high"] >= 0)).all() and fair["p_value"].iloc[0] > 0.05
-    assert not df["confounded"].any()  # Shuffle varied the order
-    text = bias_summary(df)
-    assert "position 1 is copied" in text and "biased" in text and "no evidence of a positional effect" in text
-
-
-def test_positional_bias_sources_agree_and_cache_replays_count_once(copy_store):
-    from moakit.analysis import positional_bias
-
-    ids = list(copy_store.runs()["trace_id"])
-    a = positional_bias(copy_store, by="aggregator", n_boot=0)
-    b = positional_bias(ids, store=copy_store, by="aggregator", n_boot=0)
-    c = positional_bias(copy_store.aggregation_inputs(), by="aggregator", n_boot=0)
-    cols = ["aggregator", "position", "n", "rate", "influence", "p_value"]
-    assert a[cols].equals(b[cols]) and a[cols].equals(c[cols])
-    assert a.attrs["calls"] == 240
-
-
-def test_positional_bias_separates_source_agent_when_shuffled(scripted, tmp_path):
-    """An aggregator that favours one agent's content (q = 0.6): by agent it is found, by
-    position there is nothing; without Shuffle the two are confounded and the result says so."""
-    from moakit.analysis import bias_summary, positional_bias
-
-    store = moakit.TraceStore(tmp_path / "agent.db")
-    models = {**scripted_models(agg="copystar-p0.6"), "d": "scripted/propose-star"}
-    shuffled = [Propose(PROPOSERS, max_tokens=32), Shuffle(), Aggregate("agg", max_tokens=32)]
-    moakit.run_batch(shuffled, PROMPTS[:100], seed=2, store=store, models=models, progress=False)
-    by_agent = positional_bias(store, by="agent", n_boot=500)
-    star = _row(by_agent, source_agent="d")
-    assert star["ci_low"] <= 0.6 <= star["ci_high"] and star["p_value"] < 0.01
-    assert by_agent["position"].isna().all()
-    by_pos = positional_bias(store, n_boot=500)
-    assert ((by_pos["ci_low"] <= 0) & (by_pos["ci_high"] >= 0)).all() and by_pos["p_value"].iloc[0] > 0.05
-    assert "agent d is copied" in bias_summary(by_agent)
-
-    fixed = moakit.TraceStore(tmp_path / "fixed.db")
-    moakit.run_batch([Propose(PROPOSERS, max_tokens=32), Aggregate("agg", max_tokens=32)], PROMPTS[:40], seed=2,
-                     store=fixed, models=models, progress=False)
-    df = positional_bias(fixed, n_boot=100)
-    assert df["confounded"].all() and _row(df, position=4)["influence"] > 0.3  # d always sat at position 4
-    assert "confounded" in bias_summary(df)
-
-
-@pytest.mark.parametrize("p", [0.5, 0.0])
-def test_positional_bias_recovers_rank_keep_probability(scripted, tmp_path, p):
-    from moakit.analysis import positional_bias
-
-    store = moakit.TraceStore(tmp_path / "rank.db")
-    pipe = [Propose(PROPOSERS, max_tokens=32), Shuffle(), Rank("ranker", n=1, max_tokens=16)]
-    moakit.run_batch(pipe, PROMPTS, seed=3, store=store, models=scripted_models(ranker=f"rank1-p{p}"), progress=False)
-    df = positional_bias(store, n_boot=500)
-    assert set(df["measure"]) == {"kept"} and set(df["step"]) == {"Rank"}
-    top = _row(df, position=1)
-    assert top["chance"] == pytest.approx(0.25) and top["ci_low"] <= p <= top["ci_high"]
-    if p:
-        assert top["p_value"] < 0.01 and top["ci_low"] > 0.2
-    else:
-        assert ((df["ci_low"] <= 0) & (df["ci_high"] >= 0)).all() and top["p_value"] > 0.05
-
-
-def test_positional_bias_rank_keeps_several_and_skips_unparsed(scripted, tmp_path):
-    from moakit.analysis import positional_bias
-
-    store = moakit.TraceStore(tmp_path / "rank2.db")
-    models = scripted_models(ranker="rank1-p0.5", junk="propose")  # "junk" answers words: no ranking in it
-    moakit.run_batch([Propose(PROPOSERS, max_tokens=32), Shuffle(), Rank("ranker", n=2, max_tokens=16)], PROMPTS[:80],
-                     seed=4, store=store, models=models, progress=False)
-    moakit.run_batch([Propose(PROPOSERS, max_tokens=32), Rank("junk", n=2, max_tokens=16)], PROMPTS[:20],
-                     seed=4, store=store, models=models, progress=False)
-    df = positional_bias(store, n_boot=300)
-    assert df.attrs["calls"] == 80  # the engine's fallback "first n" for unreadable replies is not the model's choice
-    top = _row(df, position=1)
-    assert top["chance"] == pytest.approx(0.5) and top["ci_low"] <= 0.5 <= top["ci_high"]
-
-
-def test_positional_bias_rejects_bad_input_clearly(copy_store):
-    from moakit.analysis import positional_bias
-
-    with pytest.raises(ValueError, match="by must be"):
-        positional_bias(copy_store, by="colour")
-    with pytest.raises(ValueError, match="store="):
-        positional_bias(["abc"])
-    with pytest.raises(TypeError, match="TraceStore"):
-        positional_bias(42)
-    import pandas as pd
-
-    empty = positional_bias(pd.DataFrame(columns=["trace_id", "span_id", "step", "agent", "position", "n_shown",
-                                                  "source_agent", "source_text", "output"]))
-    assert empty.empty
-
-
 # ---- ablation on the embedded model --------------------------------------------------------------
 @pytest.mark.slow
 def test_ablation_moa_lite_shuffle_dropout_pays_only_for_what_differs(tmp_path):
@@ -426,84 +299,3 @@ def test_ablate_fails_before_any_call(tmp_path):
     assert moakit.TraceStore(store).calls().empty
 
 
-# ---- AlpacaEval outputs as proposals ---------------------------------------------------------------
-@needs_alpaca()
-@pytest.mark.slow
-def test_alpaca_outputs_as_proposals_positional_bias_of_embedded_aggregator(tmp_path):
-    from moakit.analysis import BIAS_COLUMNS, bias_summary, positional_bias
-
-    generators = ["Qwen1.5-72B-Chat", "Meta-Llama-3-70B-Instruct", "dbrx-instruct"]
-    store = moakit.TraceStore(tmp_path / "alpaca.db")
-    if not hasattr(store, "import_outputs"):
-        pytest.skip("TraceStore.import_outputs is not available")
-    outputs = {}
-    for g in generators:
-        assert store.import_outputs(ALPACA / g / "model_outputs.json", agent=g) > 700
-        outputs[g] = {r["instruction"]: r["output"] for r in json.loads((ALPACA / g / "model_outputs.json").read_text())}
-    # the few dozen prompts whose three answers are shortest keep the embedded aggregator quick
-    common = set.intersection(*(set(o) for o in outputs.values()))
-    prompts = sorted(common, key=lambda q: sum(len(outputs[g][q]) for g in generators))[:24]
-    pipe = [Propose(generators), Shuffle(), Aggregate("smol-aggregator", max_tokens=24)]
-    df = moakit.run_batch(pipe, prompts, seed=0, store=store, cache=True, models={"smol-aggregator": "local"},
-                          progress=False)
-    assert df["error"].isna().all()
-    assert (df["calls_reused"] == 3).all() and (df["calls_paid"] == 1).all()  # proposals came from the import
-    bias = positional_bias(store, n_boot=300)
-    assert list(bias.columns) == BIAS_COLUMNS and set(bias["position"]) <= {1, 2, 3}
-    assert bias.attrs["calls"] >= 10 and bias["n"].max() <= 24
-    assert ((bias["ci_low"] <= bias["influence"]) & (bias["influence"] <= bias["ci_high"])).all()
-    by_agent = positional_bias(store, by="agent", n_boot=300)
-    assert set(by_agent["source_agent"]) <= set(generators)
-    assert bias_summary(bias).startswith("Aggregate:")
-    try:
-        from moakit.widgets.bias import BiasView
-    except ImportError:
-        return
-    view = BiasView(bias)
-    assert view.spec and len(view.table) == len(bias)
-
-
-# ---- impact ------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_impact_grid_two_aggregators_two_proposer_sets(tmp_path):
-    from moakit.analysis import IMPACT_COLUMNS, TABLE4_COLUMNS, impact, impact_summary, questions, table4
-
-    qs = questions().iloc[[0, 22, 30]]
-    store = moakit.TraceStore(tmp_path / "impact.db")
-    out = impact(["agg-a", "agg-b"], {"set1": ["p1", "p2"], "set2": ["p3", "p4"]}, qs,
-                 scorer=S.embedding_similarity("tfidf"), models="local", store=store, max_tokens=12, seed=0,
-                 progress=False, n_boot=200, n_perm=200)
-    assert list(out.columns) == IMPACT_COLUMNS
-    cells = out[out["level"] == "cell"]
-    assert len(cells) == 4 and set(zip(cells["aggregator"], cells["proposers"])) == {
-        ("agg-a", "set1"), ("agg-a", "set2"), ("agg-b", "set1"), ("agg-b", "set2")}
-    # proposals are made once per set and replayed for the second aggregator
-    assert cells["calls_paid"].sum() == 3 * 4 * 3 - 12 and cells["calls_reused"].sum() == 12
-    eff = out[out["level"] == "effect"].set_index("factor")
-    assert set(eff.index) == {"aggregator", "proposers", "ratio"}
-    for f in ("aggregator", "proposers"):
-        assert math.isfinite(eff.loc[f, "score"]) and eff.loc[f, "score"] >= 0
-        assert eff.loc[f, "ci_low"] <= eff.loc[f, "score"] + 1e-9 and 0 < eff.loc[f, "p_value"] <= 1
-    marg = out[out["level"] == "aggregator"].set_index("aggregator")["score"]
-    assert eff.loc["aggregator", "score"] == pytest.approx(abs(marg["agg-a"] - marg["agg-b"]))
-    # differently named agents on the one embedded model are different samples
-    calls = store.calls()
-    props = calls[(calls["step"] == "Propose") & ~calls["cached"]]
-    assert len(props) == 12 and (props.groupby("trace_id")["output"].nunique() == 2).sum() >= 4
-    t4 = table4(out, scale=100)
-    assert list(t4.columns) == TABLE4_COLUMNS and list(t4["model"]) == ["agg-a", "agg-b", "set1", "set2"]
-    assert t4.loc[t4["model"] == "agg-a", "as_proposer"].isna().all()
-    assert "aggregator" in impact_summary(out)
-
-
-def test_paper_table4_and_input_checks():
-    from moakit.analysis import impact, paper_table4
-
-    t = paper_table4()
-    assert len(t) == 6 and t.loc[t["model"] == "Qwen1.5-110B-Chat", "as_aggregator"].item() == 61.3
-    spread = (t["as_aggregator"].max() - t["as_aggregator"].min()) / (t["as_proposer"].max() - t["as_proposer"].min())
-    assert 1.8 < spread < 2.0  # "the aggregator matters about twice as much"
-    with pytest.raises(ValueError, match="proposer_sets"):
-        impact(["x"], ["a", "b"], ["q"], scorer=lambda o: 1.0, models="local")
-    with pytest.raises(ValueError, match="aggregators"):
-        impact("x", {"s": ["a"]}, ["q"], scorer=lambda o: 1.0, models="local")

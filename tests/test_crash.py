@@ -3,11 +3,11 @@
 holds every call that had finished before the kill; a rerun with ``cache=True`` pays only for
 the calls that had not finished.
 
-The child prints ``CALL <span id>`` for every paid call when ``Client.call`` hands its result
+The child prints ``CALL <span id>`` for every paid call when ``Runner.paid`` hands its answer
 to the engine, so "finished" means "the engine was told it is done": the guarantee is that
-such a call is committed by then (whether its row was committed alone, by the span
-processor's ``on_end``, or with the other calls ending in the same event-loop turn, by a group
-commit the call awaits); the parent kills the child once a third of the calls have been printed.
+such a call is committed by then (with the other calls ending in the same event-loop turn, by
+the group commit the call awaits); the parent kills the child once a third of the calls have
+been printed.
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ import os, sys
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import moakit
 from moakit import Aggregate, Propose
-from moakit import client
+from moakit.runner import engine
 
-_call = client.Client.call
+_paid = engine.Runner.paid
 
-async def call(self, req, looked_up=False):
-    res = await _call(self, req, looked_up)  # the engine is told the call is done when this returns
-    if res.text is not None and not res.cached:
+async def paid(self, p):
+    res = await _paid(self, p)  # the engine is told the call is done when this returns
+    if isinstance(res, engine.Response):
         print("CALL", res.span_id, flush=True)
     return res
 
-client.Client.call = call
+engine.Runner.paid = paid
 api_base, db, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 models = {a: {"model": f"openai/{a}", "api_base": api_base, "api_key": "sk-stub-not-a-real-key-000000"}
           for a in ("p1", "p2", "agg")}

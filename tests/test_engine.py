@@ -27,7 +27,7 @@ def test_together_moa_span_tree(together, local_store):
     kinds = spans.kind.value_counts().to_dict()
     assert kinds == {"call": 19, "step": 4, "run": 1}
     run = spans[spans.kind == "run"].iloc[0]
-    assert run["name"] == "invoke_workflow moakit" and pd.isna(run.parent_id)
+    assert run["name"] == "invoke_workflow together_moa" and pd.isna(run.parent_id)
     steps = spans[spans.kind == "step"]
     assert set(steps.parent_id) == {run.span_id}
     assert list(steps.sort_values("step_index").step) == ["Propose", "Synthesize", "Synthesize", "Aggregate"]
@@ -132,7 +132,7 @@ def test_failed_aggregator_is_an_error_never_a_proposal(store):
                        client_config=moakit.ClientConfig(retries=1, backoff=0.01))
     assert not r.ok and r.output is None and "Aggregate" in r.error
     c = r.calls
-    assert c[c.step == "Aggregate"].error.notna().all() and len(c[c.step == "Aggregate"]) == 2  # 2 attempts
+    assert c[c.step == "Aggregate"].error.notna().all() and list(c[c.step == "Aggregate"].attempts) == [2]  # 2 attempts
     assert store.runs().set_index("trace_id").loc[r.trace_id, "error"]
 
 

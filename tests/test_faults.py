@@ -8,8 +8,9 @@ and some aggregators finally fail. What we check, from the trace file and the st
 counters:
 
 * the batch completes, every prompt has either an answer or an error, never both;
-* every attempt the stub saw is a call span (litellm's own retries are off), every failed
-  attempt is an error span with ``error.type``, and the fault counts match the error spans;
+* every attempt the stub saw is an attempt of a call (litellm's own retries are off): one call
+  span per logical call, a child span per failed attempt before its last; every failed attempt
+  is an error span with ``error.type``, and the fault counts match the error spans;
 * transient faults are retried, never beyond the budget (``retries + 1`` attempts);
 * Retry-After is honoured: the next attempt starts at least that long after the 429 ended;
 * a proposer that finally fails is dropped, recorded on its step, and never shown to the
@@ -52,7 +53,9 @@ def batch(tmp_path_factory):
     store = TraceStore(db)
     calls = store.calls()
     spans = store.spans()
-    yield {"df": df, "stats": stats, "store": store, "calls": calls, "spans": spans, "elapsed": elapsed}
+    attempts = store.attempts()
+    yield {"df": df, "stats": stats, "store": store, "calls": calls, "spans": spans, "attempts": attempts,
+           "elapsed": elapsed}
     store.close()
 
 
@@ -65,17 +68,18 @@ def test_batch_completes_every_prompt_answered_or_failed(batch):
     # almost all prompts survive 10% transient faults; only persistent faults fail a prompt
     assert answered.sum() >= N_PROMPTS * 0.9
     # the batch really made about 1,000 calls (first attempts) plus retries
-    first_attempts = (batch["calls"]["attempt"] == 1).sum()
-    assert first_attempts >= 1000 - 2 * failed.sum()
+    first_attempts = (batch["attempts"]["attempt"] == 1).sum()
+    assert first_attempts == len(batch["calls"]) >= 1000 - 2 * failed.sum()
     assert batch["stats"]["requests"] >= 1000
 
 
 def test_litellm_retries_are_off_every_attempt_is_a_span(batch):
     """If litellm (or the OpenAI SDK under it) retried on its own, the stub would count more
-    requests than there are call spans."""
-    calls = batch["calls"]
+    requests than there are attempts; every attempt before a call's last is a span of its own."""
+    calls, attempts, spans = batch["calls"], batch["attempts"], batch["spans"]
     assert not calls["cached"].any()
-    assert len(calls) == batch["stats"]["requests"]
+    assert len(attempts) == calls["attempts"].sum() == batch["stats"]["requests"]
+    assert (spans["kind"] == "attempt").sum() == len(attempts) - len(calls)
 
 
 def test_every_failed_attempt_is_an_error_span_with_error_type(batch):
@@ -83,9 +87,9 @@ def test_every_failed_attempt_is_an_error_span_with_error_type(batch):
     for f in TRANSIENT:  # the seeded stub injected every kind of fault
         assert stats.get(f"fault_{f}", 0) > 0, (f, stats)
     injected = sum(stats.get(f"fault_{f}", 0) for f in TRANSIENT) + stats.get("fault_persistent", 0)
-    errors = calls[calls["error"].notna()]
+    errors = batch["attempts"][batch["attempts"]["error"].notna()]
     assert len(errors) == injected
-    call_spans = spans[spans["kind"] == "call"]
+    call_spans = spans[spans["kind"].isin(["call", "attempt"])]
     bad = call_spans[call_spans["status"] == "ERROR"]
     assert len(bad) == injected
     types = [a.get("error.type") for a in bad["attributes"]]
@@ -99,13 +103,13 @@ def test_every_failed_attempt_is_an_error_span_with_error_type(batch):
     assert (call_spans[call_spans["status"] != "ERROR"]["error"].isna()).all()
 
 
-def _attempt_chains(calls):
-    return {k: g.sort_values("attempt") for k, g in calls.groupby(["trace_id", "request_key"])}
+def _attempt_chains(attempts):
+    return {k: g.sort_values("attempt") for k, g in attempts.groupby("call_span_id")}
 
 
 def test_transient_faults_retried_within_the_budget(batch):
     budget = CONFIG.retries + 1
-    chains = _attempt_chains(batch["calls"])
+    chains = _attempt_chains(batch["attempts"])
     retried = 0
     for key, g in chains.items():
         attempts = list(g["attempt"])
@@ -121,7 +125,7 @@ def test_transient_faults_retried_within_the_budget(batch):
 
 def test_retry_after_is_honoured(batch):
     gaps = []
-    for _, g in _attempt_chains(batch["calls"]).items():
+    for _, g in _attempt_chains(batch["attempts"]).items():
         rows = g.to_dict("records")
         for prev, nxt in zip(rows, rows[1:]):
             if prev["error"] and prev["error"].startswith("RateLimitError"):
@@ -135,7 +139,7 @@ def test_each_retried_attempt_records_the_wait_that_followed(batch):
     """A failed attempt that is retried carries moakit.retry.wait_s and moakit.retry.reason: the
     provider's Retry-After after a 429, else the backoff; the next attempt starts no earlier."""
     store, reasons = batch["store"], []
-    for _, g in _attempt_chains(batch["calls"]).items():
+    for _, g in _attempt_chains(batch["attempts"]).items():
         rows = g.to_dict("records")
         for prev, nxt in zip(rows, rows[1:]):
             attrs = json.loads(store.query("SELECT attributes FROM spans WHERE span_id = ?", [prev["span_id"]])[0][0])
@@ -146,8 +150,9 @@ def test_each_retried_attempt_records_the_wait_that_followed(batch):
             else:
                 assert reason == "backoff" and 0 < wait <= CONFIG.max_backoff, attrs
             assert (nxt["start_ns"] - prev["end_ns"]) / 1e9 >= wait - 0.01
+        assert rows[-1]["final"] and rows[-1]["retry_wait_s"] is None  # nothing followed the last attempt
         last = json.loads(store.query("SELECT attributes FROM spans WHERE span_id = ?", [rows[-1]["span_id"]])[0][0])
-        assert "moakit.retry.wait_s" not in last  # nothing followed the last attempt
+        assert "moakit.retry.wait_s" not in last
     assert {"retry-after", "backoff"} <= set(reasons)
 
 
@@ -155,9 +160,9 @@ def test_proposer_that_finally_fails_is_dropped_with_its_error(batch):
     calls, store = batch["calls"], batch["store"]
     budget = CONFIG.retries + 1
     prop = calls[calls["step"] == "Propose"]
-    dead = prop.groupby(["trace_id", "request_key"]).filter(
-        lambda g: len(g) == budget and g["error"].notna().all())
-    dead_calls = dead.sort_values("attempt").groupby(["trace_id", "request_key"]).last().reset_index()
+    dead = prop[prop["error"].notna()]
+    assert (dead["attempts"] == budget).all()  # finally failed: only after the whole budget
+    dead_calls = dead
     assert len(dead_calls) >= 1, "the seeded stub should finally fail at least one proposer"
     steps = store.steps()
     for row in dead_calls.itertuples():
@@ -180,10 +185,10 @@ def test_aggregator_that_finally_fails_marks_the_prompt_failed(batch):
     df, calls, store = batch["df"], batch["calls"], batch["store"]
     budget = CONFIG.retries + 1
     agg = calls[calls["step"] == "Aggregate"]
-    finally_failed = agg.groupby("trace_id").filter(lambda g: g["error"].notna().all())
+    finally_failed = agg[agg["error"].notna()]
     failed_traces = set(finally_failed["trace_id"])
     assert len(failed_traces) >= 1, "the seeded stub should finally fail at least one aggregator"
-    assert (finally_failed.groupby("trace_id").size() == budget).all()
+    assert (finally_failed["attempts"] == budget).all() and len(finally_failed) == len(failed_traces)
     rows = df[df["trace_id"].isin(failed_traces)]
     assert len(rows) == len(failed_traces)
     assert rows["output"].isna().all()
@@ -208,15 +213,17 @@ def test_finally_failing_call_in_isolation_no_hidden_retries(tmp_path):
         r = moakit.run([Propose(["dead", "alive"], max_tokens=8), Aggregate("agg", max_tokens=8)], "hello",
                        models=models, store=tmp_path / "t.db", client_config=ClientConfig(retries=2, backoff=0.01))
         assert bad.stats()["requests"] == 3
-    calls = r.calls
+    calls, att = r.calls, r.store.attempts(r.trace_id)
     dead = calls[calls["agent"] == "dead"]
-    assert list(dead["attempt"]) == [1, 2, 3] and dead["error"].str.startswith("ServiceUnavailableError").all()
+    assert len(dead) == 1 and dead["attempts"].iloc[0] == 3
+    tries = att[att["agent"] == "dead"].sort_values("attempt")
+    assert list(tries["attempt"]) == [1, 2, 3] and tries["error"].str.startswith("ServiceUnavailableError").all()
     assert r.ok and r.output.startswith("[agg] ")
     assert list(r.store.aggregation_inputs(r.trace_id)["source_agent"]) == ["alive"]
 
 
 def test_report_figures(batch, capsys):
-    calls, df = batch["calls"], batch["df"]
-    print(f"\n{len(df)} prompts, {len(calls)} attempts ({(calls['attempt'] == 1).sum()} first), "
-          f"{calls['error'].notna().sum()} failed attempts, {df['error'].notna().sum()} failed prompts, "
+    att, df = batch["attempts"], batch["df"]
+    print(f"\n{len(df)} prompts, {len(att)} attempts ({(att['attempt'] == 1).sum()} first), "
+          f"{att['error'].notna().sum()} failed attempts, {df['error'].notna().sum()} failed prompts, "
           f"stub {batch['stats']}, {batch['elapsed']:.1f} s")

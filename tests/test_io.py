@@ -327,7 +327,8 @@ def test_otlp_export_reaches_a_local_receiver(exported_store):
     assert set(spans) == set(stored.index)
     # the tree: run -> 4 steps -> 19 calls, with the recorded ids and times
     roots = [sp for sp in spans.values() if not sp.parent_span_id]
-    assert len(roots) == 1 and roots[0].name == "invoke_workflow moakit"
+    assert len(roots) == 1 and roots[0].name == "invoke_workflow together_moa"
+    assert {s.schema_url for s, _ in got} == {"https://opentelemetry.io/schemas/1.45.0"}
     steps = [sp for sp in spans.values() if sp.parent_span_id == roots[0].span_id]
     assert sorted(sp.name for sp in steps) == ["step aggregate", "step propose", "step synthesize", "step synthesize"]
     step_ids = {sp.span_id for sp in steps}

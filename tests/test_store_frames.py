@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import moakit.tracing.columnar as columnar
+import moakit.store.columnar as columnar
 import moakit.store.store as store_mod
-from moakit.store.store import TraceStore, text_hash
+from moakit.store.records import text_hash
+from moakit.store.store import TraceStore
 
-COLUMNS = ["trace_id", "span_id", "parent_id", "step_index", "step", "agent", "model", "sample", "attempt",
+COLUMNS = ["trace_id", "span_id", "parent_id", "step_index", "step", "agent", "model", "sample", "attempts",
            "input_tokens", "output_tokens", "cost_usd", "latency_s", "start_ns", "end_ns", "cached", "error",
            "output", "request_key"]
 
@@ -42,8 +43,8 @@ def _both(store, trace_id=None, monkeypatch=None):
     old = store.calls(trace_id)
     monkeypatch.setattr(store_mod, "_ARROW_MIN_ROWS", 0)
     called = []
-    real = store_mod._calls_columnar
-    monkeypatch.setattr(store_mod, "_calls_columnar", lambda *a: called.append(1) or real(*a))
+    real = store_mod.calls_columnar
+    monkeypatch.setattr(store_mod, "calls_columnar", lambda *a: called.append(1) or real(*a))
     new = store.calls(trace_id)
     assert called or old.empty, "the Arrow path was not taken"  # no rows: the sqlite3 path
     return old, new
@@ -182,7 +183,7 @@ def test_value_of_another_type_falls_back_to_the_same_frame(tmp_path, monkeypatc
     store.write(rows)
     old, new = _both(store, None, monkeypatch)
     _same(old, new)
-    assert store_mod._calls_columnar(store.conn, "s.kind = ?", ["call"], 30) is None
+    assert store_mod.calls_columnar(store.conn, "s.kind = ?", ["call"], 30) is None
 
 
 def test_spread_equals_take():
@@ -291,8 +292,8 @@ def test_a_commit_between_the_two_snapshots(tmp_path, monkeypatch):
         other.write([_row(rng, 1000, "t1", output_hash=next(iter(late)), cost_usd=9.0)], late)
         return reader
 
-    real = store_mod._calls_columnar
-    monkeypatch.setattr(store_mod, "_calls_columnar", lambda *a: same.append(a[5]) or real(*a))
+    real = store_mod.calls_columnar
+    monkeypatch.setattr(store_mod, "calls_columnar", lambda *a: same.append(a[5]) or real(*a))
     monkeypatch.setattr(store, "_reader", reader_then_a_commit)
     monkeypatch.setattr(store_mod, "_ARROW_MIN_ROWS", 0)
     got = store.calls()

@@ -251,11 +251,11 @@ def test_batch_view_pages_runs_and_builds_trees_when_opened(stub, tmp_path):
 # ---- analysis views ----------------------------------------------------------------------------
 def _bias_frame():
     return pd.DataFrame({
-        "measure": ["copied"] * 3, "step": ["Aggregate"] * 3, "aggregator": [None] * 3,
-        "position": pd.array([1, 2, 3], dtype="Int64"), "source_agent": [None] * 3, "n": [40, 40, 40],
-        "n_calls": [40] * 3, "rate": [0.6, 0.2, 0.2], "chance": [1 / 3] * 3, "lift": [1.8, 0.6, 0.6],
-        "influence": [0.4, -0.2, -0.2], "ci_low": [0.25, -0.3, -0.31], "ci_high": [0.55, -0.1, -0.09],
-        "similarity": [0.5] * 3, "p_value": [0.0005] * 3, "p_position": [0.001, 0.2, 0.2], "confounded": [False] * 3})
+        "measure": ["copied"] * 3, "variant": ["shuffle"] * 3, "step": ["Aggregate"] * 3, "aggregator": [None] * 3,
+        "randomized": [True] * 3, "design": ["shuffled"] * 3, "position": pd.array([1, 2, 3], dtype="Int64"),
+        "agent": [None] * 3, "n": [40, 40, 40], "n_calls": [40] * 3, "share": [0.6, 0.2, 0.2], "chance": [1 / 3] * 3,
+        "excess": [0.4, -0.2, -0.2], "ci_low": [0.25, -0.3, -0.31], "ci_high": [0.55, -0.1, -0.09],
+        "p_value": [0.0005, 0.004, 0.006], "content_share": [0.5] * 3, "cramers_v": [0.05] * 3})
 
 
 def _layers(spec):
@@ -267,23 +267,28 @@ def test_bias_view_draws_the_intervals_table_and_reading():
 
     df = _bias_frame()
     v = BiasView(df)
-    assert v.reading == reading(df) and v.reading.startswith("Aggregate: position 1 is copied 1.8x")
+    assert v.reading == reading(df)
+    assert v.reading.startswith("shuffle, Aggregate [order randomized by Shuffle; 40 calls]: position 1 is drawn on "
+                                "beyond chance: excess 0.40 [0.25, 0.55], p = 0.0005")
     assert v.x == "position" and v.block is None and v.reference == 0.0
     spec = v.spec
-    assert _layers(spec) == ["rule", "rule", "point"]  # chance line, interval, estimate
+    assert _layers(spec) == ["rule", "rule", "point", "point"]  # no-effect line, interval, filled and open marks
     assert spec["layer"][1]["encoding"]["y2"]["field"] == "ci_high"
+    assert spec["layer"][2]["mark"]["filled"] and not spec["layer"][3]["mark"]["filled"]
     data = max(spec["datasets"].values(), key=len)
-    assert [d["influence"] for d in data] == [0.4, -0.2, -0.2] and [d["ci_low"] for d in data] == [0.25, -0.3, -0.31]
+    assert [d["excess"] for d in data] == [0.4, -0.2, -0.2] and [d["ci_low"] for d in data] == [0.25, -0.3, -0.31]
+    assert "open marks" not in str(spec["title"])  # every row randomized
     html = html_of(v.widget())
-    assert "<svg" in html and "p &lt; 0.001" in html
+    assert "<svg" in html and "p = 0.0005" in html
     assert "<td style='text-align:right;padding:2px 6px;border-bottom:1px solid var(--jp-border-color2, #ddd);" \
            "white-space:nowrap'>0.400</td>" in html
     assert "5.0e-04" in html  # the p-value, formatted
-    # two blocks (copied by Aggregate, kept by Rank) are drawn side by side
-    kept = df.assign(measure="kept", step="Rank")
-    two = BiasView(pd.concat([df, kept]))
-    assert two.block == ["copied · Aggregate"] * 3 + ["kept · Rank"] * 3
-    assert "xOffset" in two.spec["layer"][1]["encoding"]
+    # two blocks (the shuffled variant and a fixed-order one) are drawn side by side, the fixed one open
+    fixed = df.assign(variant="base", randomized=False, design="fixed", p_value=float("nan"), cramers_v=1.0)
+    two = BiasView(pd.concat([df, fixed]))
+    assert two.block == ["shuffle · randomized"] * 3 + ["base · fixed order"] * 3
+    assert "xOffset" in two.spec["layer"][1]["encoding"] and "open marks" in str(two.spec["title"])
+    assert "never randomized" in two.reading and "Cramér's V 1.00" in two.reading
     with pytest.raises(ValueError, match="positional_bias"):
         BiasView(pd.DataFrame({"position": [1]}))
 
@@ -292,12 +297,14 @@ def test_bias_view_of_a_real_analysis(local):
     from moakit.analysis import positional_bias
 
     store, lite, robust, _ = local
-    df = positional_bias(store, n_boot=200, n_sim=200)
+    df = positional_bias(store, draws=199)
     v = BiasView(df)
-    assert len(v.table) == len(df) and set(v.table["measure"]) == set(df["measure"])
-    assert v.reading and "chance" in v.reading
-    by_agent = BiasView(positional_bias(store, by="agent", n_boot=100, n_sim=100))
-    assert by_agent.x == "source_agent" and "<svg" in html_of(by_agent.widget())
+    assert len(v.table) == len(df) and v.reading == df.attrs["reading"]
+    # moa_lite lists its proposals in agent order; ROBUST's Rank was shown a shuffled list
+    assert "moa_lite" in v.reading and "never randomized" in v.reading
+    assert set(df.loc[df["measure"] == "kept", "randomized"]) <= {True}
+    by_agent = BiasView(positional_bias(store, by="agent", draws=199))
+    assert by_agent.x == "agent" and "<svg" in html_of(by_agent.widget())
 
 
 def _ablation_frame():
@@ -327,34 +334,45 @@ def test_ablation_view_shows_scores_cost_and_reuse():
     assert v.table_columns()[:4] == ["variant", "score", "ci_low", "ci_high"]
 
 
-def test_impact_view_shows_grid_margins_and_table4():
-    from moakit.analysis import reading, table4
+def test_impact_view_of_a_paper_design_result_shows_table4_beside_the_paper():
+    import numpy as np
 
+    from moakit.analysis import impact_statistics, reading, table4
+
+    rng = np.random.default_rng(0)
+    names = ["qwen1.5-110b-chat", "dbrx-instruct", "wizardlm-2-8x22b"]
     rows = []
-    for a, sa in (("agg1", 0.6), ("agg2", 0.4)):
-        for p, sp in (("set1", 0.05), ("set2", -0.05)):
-            rows.append({"level": "cell", "factor": None, "aggregator": a, "proposers": p, "score": sa + sp,
-                         "ci_low": sa + sp - 0.1, "ci_high": sa + sp + 0.1, "n": 10})
-    rows += [{"level": "aggregator", "factor": "aggregator", "aggregator": "agg1", "score": 0.6, "ci_low": 0.5,
-              "ci_high": 0.7, "n": 10},
-             {"level": "aggregator", "factor": "aggregator", "aggregator": "agg2", "score": 0.4, "ci_low": 0.3,
-              "ci_high": 0.5, "n": 10},
-             {"level": "proposers", "factor": "proposers", "proposers": "set1", "score": 0.55, "ci_low": 0.45,
-              "ci_high": 0.65, "n": 10},
-             {"level": "proposers", "factor": "proposers", "proposers": "set2", "score": 0.45, "ci_low": 0.35,
-              "ci_high": 0.55, "n": 10},
-             {"level": "effect", "factor": "aggregator", "score": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 10,
-              "p_value": 0.01},
-             {"level": "effect", "factor": "proposers", "score": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 10,
-              "p_value": 0.2},
-             {"level": "effect", "factor": "ratio", "score": 2.0, "ci_low": 0.8, "ci_high": 5.0, "n": 10}]
-    df = pd.DataFrame(rows)
+    for p in range(30):
+        for i, n in enumerate(names):
+            rows.append({"arm": "aggregator", "aggregator": n, "proposers": "all", "item": p,
+                         "score": float(rng.random() < 0.3 + 0.2 * i)})
+            rows.append({"arm": "proposer", "aggregator": names[0], "proposers": n, "item": p,
+                         "score": float(rng.random() < 0.5)})
+    df = impact_statistics(pd.DataFrame(rows), n_perm=200, n_boot=100)
     v = ImpactView(df)
-    assert v.reading == reading(df) and "2.0x" in v.reading
-    assert list(v.table4["model"]) == list(table4(df)["model"]) == ["agg1", "agg2", "set1", "set2"]
+    assert v.reading == reading(df) and "aggregator effect SD" in v.reading
+    assert list(v.table4["model"]) == list(table4(df)["model"]) == ["qwen1.5-110b-chat", "wizardlm-2-8x22b",
+                                                                     "dbrx-instruct"]
     assert list(v.effects["factor"]) == ["aggregator", "proposers", "ratio"]
+    assert len(v.contrasts) == 6
+    titles = [c["title"]["text"] if isinstance(c["title"], dict) else c["title"] for c in v.spec["vconcat"]]
+    assert titles[1:] == ["mean score of each level", "pairwise contrasts",
+                          "effect of each choice (debiased SD of its level means)"]
     html = html_of(v.widget())
-    assert "Table 4 layout" in html and "<svg" in html and "0.600 [0.500, 0.700]" in html
+    assert "Table 4 layout" in html and "<svg" in html and "61.3" in html and "63.8" in html
+    qwen = v.table4.iloc[0]
+    assert f"{qwen['as_aggregator']:.1f} [{qwen['as_aggregator_ci_low']:.1f}, " in html
+
+
+def test_impact_view_of_a_grid_has_no_table4():
+    from moakit.analysis import impact_statistics
+
+    rows = [{"aggregator": a, "proposers": s, "item": p, "score": float((p + i + j) % 3 == 0)}
+            for p in range(12) for i, a in enumerate(["agg1", "agg2"]) for j, s in enumerate(["set1", "set2"])]
+    v = ImpactView(impact_statistics(pd.DataFrame(rows), n_perm=100, n_boot=50))
+    assert v.table4 is None
+    html = html_of(v.widget())
+    assert "Table 4 layout" not in html and "effects" in html and "<svg" in html
 
 
 # ---- a notebook executed headless keeps its widgets ---------------------------------------------

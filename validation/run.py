@@ -105,16 +105,33 @@ def report(entries: list[dict], header: str) -> str:
     return "\n".join(lines)
 
 
+def write_report(commit: str, what: str) -> None:
+    """VALIDATION.md from every kept result of a case that still exists, in the cases' order."""
+    order = {(c.analysis, c.name): i for i, c in enumerate(all_cases())}
+    kept = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(RESULTS.glob("*.json"))]
+    kept = sorted((e for e in kept if (e["analysis"], e["case"]) in order),
+                  key=lambda e: order[(e["analysis"], e["case"])])
+    missing = len(order) - len(kept)
+    header = (f"Written by `python -m validation.run` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+              f"UTC (commit {commit}): {what}. {len(kept)} of {len(order)} cases have kept figures"
+              + (f" ({missing} not yet run at full size)." if missing else "."))
+    (ROOT / "VALIDATION.md").write_text(report(kept, header), encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m validation.run", description=__doc__)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true")
     mode.add_argument("--quick", action="store_true")
+    mode.add_argument("--report", action="store_true", help="rewrite VALIDATION.md from the kept results, run nothing")
     ap.add_argument("--only", default="")
     ap.add_argument("--datasets", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.report:
+        write_report(_commit(), "rewrote it from the kept results (no case run)")
+        return 0
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
     cases = [c for c in all_cases() if not wanted or c.analysis in wanted or c.name in wanted]
     if not cases:
@@ -142,15 +159,8 @@ def main(argv=None) -> int:
         for res in results:
             path = RESULTS / f"{res.analysis}__{res.name}.json"
             path.write_text(json.dumps(to_json(res, commit), indent=1) + "\n", encoding="utf-8")
-        order = {(c.analysis, c.name): i for i, c in enumerate(all_cases())}
-        kept = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(RESULTS.glob("*.json"))]
-        kept = sorted((e for e in kept if (e["analysis"], e["case"]) in order),
-                      key=lambda e: order[(e["analysis"], e["case"])])
-        header = (f"Written by `python -m validation.run --full` on "
-                  f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC (commit {commit}); "
-                  f"this invocation ran {len(results)} of {len(order)} cases in {seconds / 60:.1f} minutes "
-                  f"on {os.cpu_count()} cores ({platform.python_implementation()} {platform.python_version()}).")
-        (ROOT / "VALIDATION.md").write_text(report(kept, header), encoding="utf-8")
+        write_report(commit, f"this invocation ran {len(results)} cases in {seconds / 60:.1f} minutes on "
+                             f"{os.cpu_count()} cores ({platform.python_implementation()} {platform.python_version()})")
         print(f"wrote {ROOT / 'VALIDATION.md'}")
     else:
         print(report([to_json(r, commit) for r in results], f"`--quick`: {seconds:.0f} s (not kept)."))

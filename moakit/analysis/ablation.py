@@ -5,15 +5,24 @@ All variants run in one trace store with ``cache=True`` and the same seeds, so a
 variants make identically (the six proposals in front of an added Shuffle, say) is made by
 the first and replayed by the others: ``calls_paid`` and ``calls_reused`` show it.
 
-Statistics (per variant; the prompt is the unit):
+Statistics (per variant; the prompt is the unit, its value the mean over repeats):
 
-* ``score``: mean over prompts of the prompt's mean over repeats.
-* ``ci_low`` / ``ci_high``: 95% interval. Binary scores with one repeat get the Wilson score
-  interval (it never collapses to a point at 0% or 100%); anything else a percentile
-  bootstrap over prompts. ``ci_method`` says which.
-* ``delta`` / ``delta_ci_low`` / ``delta_ci_high`` / ``p_value``: the paired difference with the
-  baseline variant (the first, unless ``baseline=``) over the same prompts and seeds, a
-  percentile bootstrap interval, and a sign-flip permutation test of "no difference".
+* ``score``: the variant's mean score over the population of prompts; ``ci_low`` /
+  ``ci_high`` its 95% interval. Binary scores with one repeat get the Wilson score interval
+  (it never collapses to a point at 0% or 100%); anything else a percentile bootstrap over
+  prompts. ``ci_method`` says which.
+* ``delta``: the mean paired difference with the baseline variant (the first, unless
+  ``baseline=``) over the same prompts and seeds. ``p_value``: the sign-flip randomisation test
+  of "no difference" (:func:`sign_flip`); ``delta_ci_low`` / ``delta_ci_high``: the 95%
+  interval that inverts that same test, so it excludes 0 exactly when ``p_value < 0.05``.
+  ``p_holm``: the p-values of all non-baseline variants adjusted together (Holm): reject
+  where ``p_holm < 0.05`` to keep the chance of any false "this variant differs" <= 5%.
+  Intervals are per comparison, not simultaneous.
+* Inference is conditional on one proposal draw per prompt x repeat: the variants of a prompt
+  and repeat share its proposals (that is what makes their calls reusable), so a difference is
+  measured on those proposals, and prompts with their draws are the sampled units. It says how
+  the variant changes the score for proposals drawn like these, not how that change varies
+  across fresh draws for one prompt; more repeats average over more draws.
 * tokens (``input_tokens``, ``output_tokens``) count every call of the variant, replayed or not:
   what the variant uses on its own; ``cost_usd`` is the money this ablation actually spent
   on it (replayed calls cost nothing), ``calls_paid`` / ``calls_reused`` split its calls.
@@ -24,10 +33,11 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["ablate", "ablation_summary", "ablation_reading", "robustness_variants", "ABLATION_COLUMNS", "ITEM_COLUMNS"]
+__all__ = ["ablate", "ablation_summary", "ablation_reading", "robustness_variants", "sign_flip", "holm", "usage",
+           "ABLATION_COLUMNS", "ITEM_COLUMNS"]
 
 ABLATION_COLUMNS = ["variant", "score", "ci_low", "ci_high", "n", "repeats", "delta", "delta_ci_low",
-                    "delta_ci_high", "p_value", "errors", "calls", "calls_paid", "calls_reused", "input_tokens",
+                    "delta_ci_high", "p_value", "p_holm", "errors", "calls", "calls_paid", "calls_reused", "input_tokens",
                     "output_tokens", "cost_usd", "ci_method", "scorer"]
 ITEM_COLUMNS = ["variant", "repeat", "item", "prompt", "reference", "output", "score", "error", "trace_id",
                 "cost_usd", "input_tokens", "output_tokens", "calls", "calls_paid", "calls_reused"]
@@ -37,9 +47,9 @@ ITEM_COLUMNS = ["variant", "repeat", "item", "prompt", "reference", "output", "s
 def prompts_and_references(prompts: Any, references: Any, scorer) -> tuple[list, list | None]:
     """The prompt list and the aligned references. A DataFrame's ``aliases`` (a list of
     accepted answers), ``reference`` or ``answer`` column is used when ``references`` is None."""
-    from ..runner.plan import prompt_list as _prompt_list
+    from ..runner.plan import prompt_list
 
-    items = _prompt_list(prompts)
+    items = prompt_list(prompts)
     if not items:
         raise ValueError("prompts is empty")
     if references is None:
@@ -112,8 +122,9 @@ def run_variants(variants: Mapping[str, Any], items: list, refs: list | None, *,
             for name, pipe in variants.items():
                 if bar is not None:
                     bar.set_postfix_str(f"{name} #{r}")
+                # one bar: the batches' own bars only when there is no bar over the batches
                 df = run_batch(pipe, items, seed=seed + r, models=models, store=store, cache=True,
-                               max_tokens=max_tokens, progress=progress, name=name, **run_kwargs)
+                               max_tokens=max_tokens, progress=progress and bar is None, name=name, **run_kwargs)
                 df = df.assign(variant=name, repeat=r,
                                reference=list(refs) if refs is not None else None)
                 for col, value in (key_columns or {}).get(name, {}).items():
@@ -161,58 +172,150 @@ def mean_ci(values, *, n_boot: int, rng, binary_ok: bool = True) -> tuple[float,
     return m, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), "bootstrap"
 
 
-def paired_test(d, *, n_boot: int, n_perm: int, rng) -> tuple[float, float, float, float]:
-    """(mean difference, bootstrap low, high, sign-flip permutation p) of paired differences."""
+def sign_flip(d, *, n_perm: int, rng, alpha: float = 0.05, exact_max: int = 16) -> dict:
+    """The sign-flip randomisation test of paired differences and the interval that inverts it.
+
+    Estimand: the mean paired difference ``delta`` over the population the prompts were drawn
+    from. ``p_value`` tests ``delta = 0``: under it the differences are symmetric about 0, so
+    flipping their signs leaves their distribution unchanged; the statistic is ``|sum(d)|``.
+    The interval is ``{delta0 : the same test applied to d - delta0 does not reject at alpha}``,
+    computed exactly (no grid): for one sign vector s the flipped statistic ``|a - b delta0|``
+    (``a = s.d``, ``b = sum(s)``) reaches the observed ``|c - n delta0|`` on a closed interval
+    of delta0 with endpoints ``(c - a)/(n - b)`` and ``(c + a)/(n + b)``, which holds
+    ``mean(d)``; the test's p-value at delta0 counts the sign vectors whose interval holds it.
+    ``p_value`` is that same count at 0, so the interval excludes 0 exactly when
+    ``p_value < alpha``: the two never disagree.
+
+    All ``2**n`` sign vectors when ``n <= exact_max`` (p = count / 2**n), else ``n_perm``
+    random ones (p = (1 + count) / (n_perm + 1), valid at any ``n_perm``). Non-finite
+    differences are dropped. Returns ``{"delta", "ci_low", "ci_high", "p_value", "n", "method"}``.
+    """
     import numpy as np
 
     d = np.asarray(d, dtype=float)
     d = d[np.isfinite(d)]
-    if not len(d):
-        return math.nan, math.nan, math.nan, math.nan
-    m = float(d.mean())
-    lo = hi = math.nan
-    if n_boot > 0 and len(d) > 1:
-        boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-        lo, hi = float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-    nz = d[d != 0]
-    if not len(nz):
-        return m, lo, hi, 1.0
-    if len(nz) <= 16:  # exact: every sign pattern
-        signs = ((np.arange(2 ** len(nz))[:, None] >> np.arange(len(nz))) & 1) * 2 - 1
-        stats = np.abs((signs * nz).mean(axis=1))
-        p = float(np.mean(stats >= abs(nz.mean()) - 1e-12))
+    n = len(d)
+    out = {"delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "n": n, "method": "none"}
+    if not n:
+        return out
+    out["delta"] = float(d.mean())
+    if n <= exact_max:
+        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+        total, extra, method = len(signs), 0, "sign-flip exact"
+    elif n_perm > 0:
+        signs = rng.choice([-1.0, 1.0], size=(n_perm, n))
+        total, extra, method = n_perm + 1, 1, "sign-flip Monte Carlo"
     else:
-        signs = rng.choice([-1.0, 1.0], size=(n_perm, len(nz)))
-        stats = np.abs((signs * nz).mean(axis=1))
-        p = float((1 + np.sum(stats >= abs(nz.mean()) - 1e-12)) / (n_perm + 1))
-    return m, lo, hi, p
+        return out
+    c = float(d.sum())
+    a = signs @ d
+    b = signs.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r1 = np.where(b < n, (c - a) / (n - b), -np.inf)   # b == n: s is all +1, |a - b x| == |c - n x| everywhere
+        r2 = np.where(b > -n, (c + a) / (n + b), np.inf)   # b == -n: all -1, likewise
+    lo_s, hi_s = np.minimum(r1, r2), np.maximum(r1, r2)
+    lo_s = np.where(b == n, -np.inf, np.where(b == -n, -np.inf, lo_s))
+    hi_s = np.where(b == n, np.inf, np.where(b == -n, np.inf, hi_s))
+    # ties count as "at least as extreme": widen each interval by a rounding margin so a tie
+    # computed with different rounding on the two sides is still counted
+    tol = 1e-12 * (1.0 + float(np.abs(d).max()) * n)
+    lo_s, hi_s = lo_s - tol, hi_s + tol
+    # p(x) = (extra + #{s: lo_s <= x <= hi_s}) / total; accept x iff p(x) >= alpha
+    need = math.ceil(alpha * total - 1e-9) - extra  # vectors that must hold x for acceptance
+    count0 = int(np.sum((lo_s <= 0.0) & (0.0 <= hi_s)))
+    out["p_value"] = (extra + count0) / total
+    if need <= 0:
+        out["ci_low"], out["ci_high"] = -math.inf, math.inf
+    else:
+        # every interval holds mean(d); the accepted set is [need-th smallest lo, need-th largest hi]
+        out["ci_low"] = float(np.sort(lo_s)[need - 1])
+        out["ci_high"] = float(np.sort(hi_s)[::-1][need - 1])
+    out["method"] = method
+    return out
+
+
+def holm(p) -> list[float]:
+    """Holm's step-down adjustment of a list of p-values (NaN stays NaN and is not counted):
+    rejecting where the adjusted p < alpha keeps the chance of any false rejection in the
+    family <= alpha, whatever the dependence between the tests."""
+    import numpy as np
+
+    p = np.asarray(p, dtype=float)
+    out = np.full(len(p), math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if not m:
+        return out.tolist()
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out.tolist()
 
 
 def per_prompt(items, group_cols: Sequence[str], error_score: float | None):
     """Per (group, prompt) mean score over repeats: a DataFrame indexed by ``item`` with one
-    column per group key (a tuple for several group columns)."""
+    column per group key (a tuple for several group columns). A run without output (``output``
+    missing, when that column is present) scores ``error_score``; None leaves it out."""
     import numpy as np
 
     df = items.copy()
-    if error_score is not None:
+    if error_score is not None and "output" in df.columns:
         failed = df["output"].isna()
         df.loc[failed, "score"] = error_score
     df["score"] = df["score"].astype(float)
     keys = list(group_cols)
-    wide = df.groupby(keys + ["item"])["score"].mean().unstack(keys)
+    wide = df.groupby(keys + ["item"], sort=False)["score"].mean().unstack(keys)
     return wide.replace([np.inf, -np.inf], np.nan)
 
 
+def validate_stats_args(*, n_boot, n_perm, alpha) -> None:
+    """Raise a clear ValueError for a bad resample count or level (before any call is made)."""
+    for name, v in (("n_boot", n_boot), ("n_perm", n_perm)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}")
+
+
+def usage(rows) -> dict:
+    """What a set of per-run rows cost: failed runs (``error`` set), calls (paid and replayed),
+    tokens and dollars. A column the rows lack counts 0 (simulated items have none)."""
+    def total(col, kind=int):
+        return kind(rows[col].fillna(0).sum()) if col in rows.columns else kind(0)
+
+    errors = int(rows["error"].notna().sum()) if "error" in rows.columns else 0
+    return {"errors": errors, "calls": total("calls"), "calls_paid": total("calls_paid"),
+            "calls_reused": total("calls_reused"), "input_tokens": total("input_tokens"),
+            "output_tokens": total("output_tokens"), "cost_usd": total("cost_usd", float)}
+
+
 def ablation_summary(items, *, baseline: str | None = None, n_boot: int = 1000, seed: int = 0,
-                     error_score: float | None = 0.0, n_perm: int = 10000):
-    """The per-variant summary (columns :data:`ABLATION_COLUMNS`) of an items DataFrame
-    (columns :data:`ITEM_COLUMNS`, as ``ablate(..., items=True)`` returns).
+                     error_score: float | None = 0.0, n_perm: int = 10000, alpha: float = 0.05):
+    """The per-variant summary (columns :data:`ABLATION_COLUMNS`) of an items DataFrame: what
+    ``ablate(..., items=True)`` returns, or any frame with columns ``variant``, ``item`` (the
+    prompt) and ``score`` (``repeat``, ``output``, ``error`` and the call / token / cost columns
+    of :data:`ITEM_COLUMNS` are used when present), so simulated results go through the same
+    statistics as real ones.
+
+    Estimands (the prompt is the unit; a prompt's value is its mean over repeats):
+    ``score``, the variant's mean score over the population of prompts; ``delta``, the mean
+    paired difference variant - baseline. ``delta_ci_*`` and ``p_value`` come from one
+    sign-flip test (:func:`sign_flip`): the interval inverts it, so it excludes 0 exactly when
+    ``p_value < alpha``. ``p_holm`` adjusts the p-values of all non-baseline variants together
+    (Holm), so rejecting where ``p_holm < alpha`` keeps the family-wise error <= alpha; the
+    intervals are per comparison (95% each), not simultaneous. Inference is conditional on one
+    proposal draw per prompt x repeat: variants share the proposals of a prompt and repeat, so a
+    difference is measured on those proposals; prompts (with their draw) are the sampled units.
 
     ``error_score``: what a failed run scores (default 0: no answer is a wrong answer); None
     leaves failures out of the means."""
     import numpy as np
     import pandas as pd
 
+    need = {"variant", "item", "score"} - set(items.columns)
+    if need:
+        raise ValueError(f"ablation_summary needs columns {sorted(need)} (the items of ablate(..., items=True))")
+    validate_stats_args(n_boot=n_boot, n_perm=n_perm, alpha=alpha)
     rng = np.random.default_rng(seed)
     variants = list(dict.fromkeys(items["variant"]))
     if baseline is None:
@@ -220,34 +323,31 @@ def ablation_summary(items, *, baseline: str | None = None, n_boot: int = 1000, 
     if baseline not in variants:
         raise ValueError(f"baseline {baseline!r} is not a variant; variants: {variants}")
     wide = per_prompt(items, ["variant"], error_score)
-    repeats = int(items["repeat"].nunique())
+    repeats = int(items["repeat"].nunique()) if "repeat" in items.columns else 1
     rows = []
     for v in variants:
-        sub = items[items["variant"] == v]
         vals = wide[v].to_numpy()
         m, lo, hi, method = mean_ci(vals, n_boot=n_boot, rng=rng, binary_ok=repeats == 1)
         if v == baseline:
-            dm, dlo, dhi, p = 0.0, math.nan, math.nan, math.nan
+            t = {"delta": 0.0, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan}
         else:
-            dm, dlo, dhi, p = paired_test(vals - wide[baseline].to_numpy(), n_boot=n_boot, n_perm=n_perm, rng=rng)
+            t = sign_flip(vals - wide[baseline].to_numpy(), n_perm=n_perm, rng=rng, alpha=alpha)
         rows.append({
             "variant": v, "score": m, "ci_low": lo, "ci_high": hi, "n": int(np.isfinite(vals).sum()),
-            "repeats": repeats, "delta": dm, "delta_ci_low": dlo, "delta_ci_high": dhi, "p_value": p,
-            "errors": int(sub["error"].notna().sum()), "calls": int(sub["calls"].fillna(0).sum()),
-            "calls_paid": int(sub["calls_paid"].fillna(0).sum()), "calls_reused": int(sub["calls_reused"].fillna(0).sum()),
-            "input_tokens": int(sub["input_tokens"].fillna(0).sum()),
-            "output_tokens": int(sub["output_tokens"].fillna(0).sum()),
-            "cost_usd": float(sub["cost_usd"].fillna(0).sum()), "ci_method": method,
+            "repeats": repeats, "delta": t["delta"], "delta_ci_low": t["ci_low"], "delta_ci_high": t["ci_high"],
+            "p_value": t["p_value"], "p_holm": math.nan, **usage(items[items["variant"] == v]), "ci_method": method,
             "scorer": items.attrs.get("scorer"),
         })
     out = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
-    out.attrs.update({"baseline": baseline, "n_boot": n_boot, "seed": seed, "scorer": items.attrs.get("scorer")})
+    out["p_holm"] = holm(out["p_value"])
+    out.attrs.update({"baseline": baseline, "n_boot": n_boot, "n_perm": n_perm, "seed": seed, "alpha": alpha,
+                      "scorer": items.attrs.get("scorer")})
     return out
 
 
 def ablation_reading(summary) -> str:
     """One line per non-baseline variant: its score, the paired difference with the baseline
-    and its interval and p-value, and the calls it paid for."""
+    and its interval, p-value and Holm-adjusted p-value, and the calls it paid for."""
     if summary is None or not len(summary):
         return "no variants"
     base = summary.attrs.get("baseline") or summary.iloc[0]["variant"]
@@ -261,6 +361,8 @@ def ablation_reading(summary) -> str:
         if r["variant"] == base:
             continue
         p = "" if r["p_value"] != r["p_value"] else f", p = {r['p_value']:.2g}"
+        if "p_holm" in r and r["p_holm"] == r["p_holm"]:
+            p += f" (Holm {r['p_holm']:.2g})"
         parts.append(f"{r['variant']}: {r['score']:.2f}, {r['delta']:+.2f} vs {base}{ci(r['delta_ci_low'], r['delta_ci_high'])}"
                      f"{p}, {int(r['calls_paid'])} calls paid, {int(r['calls_reused'])} reused")
     return "; ".join(parts)
@@ -269,8 +371,8 @@ def ablation_reading(summary) -> str:
 # ---- the entry point ---------------------------------------------------------------------------
 def ablate(variants: Mapping[str, Any], prompts, *, scorer, repeats: int = 1, models: Any = None, store: Any = None,
            seed: int = 0, max_tokens: int | None = None, references: Sequence[Any] | None = None,
-           baseline: str | None = None, n_boot: int = 1000, error_score: float | None = 0.0,
-           items: bool = False, progress: bool = True, **run_kwargs):
+           baseline: str | None = None, n_boot: int = 1000, n_perm: int = 10000, alpha: float = 0.05,
+           error_score: float | None = 0.0, items: bool = False, progress: bool = True, **run_kwargs):
     """Run named pipeline variants over the same prompts and compare their scores.
 
     Args:
@@ -285,13 +387,21 @@ def ablate(variants: Mapping[str, Any], prompts, *, scorer, repeats: int = 1, mo
         seed: shared by all variants, so identical upstream calls have identical request keys
             and are paid once; Shuffle/Dropout are reproducible per prompt.
         baseline: the variant the others are compared with (default: the first).
+        n_boot: bootstrap resamples for a non-binary score's interval.
+        n_perm: random sign vectors of the sign-flip test (all 2**n are used when there are at
+            most 16 prompts).
+        alpha: level of the tests; intervals are ``1 - alpha``.
         error_score: score of a failed run (default 0.0); None leaves failures out.
         items: also return the per-run rows: ``(summary, items)``.
 
     Returns:
         DataFrame, one row per variant, columns :data:`ABLATION_COLUMNS` (see the module doc
-        for each statistic); with ``items=True`` also the rows :data:`ITEM_COLUMNS`.
+        for each statistic, and :func:`ablation_summary`); with ``items=True`` also the rows
+        :data:`ITEM_COLUMNS`. Everything is checked before the first call.
     """
+    if isinstance(variants, Mapping) and baseline is not None and baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} is not a variant; variants: {list(variants)}")
+    validate_stats_args(n_boot=n_boot, n_perm=n_perm, alpha=alpha)
     scorer, prompt_list, refs, st = prepare(variants, prompts, scorer=scorer, references=references,
                                             repeats=repeats, models=models, store=store, seed=seed,
                                             max_tokens=max_tokens, templates=run_kwargs.get("templates", "together"))
@@ -299,7 +409,8 @@ def ablate(variants: Mapping[str, Any], prompts, *, scorer, repeats: int = 1, mo
                        seed=seed, max_tokens=max_tokens, progress=progress, **run_kwargs)
     item_df = raw[ITEM_COLUMNS].copy()
     item_df.attrs["scorer"] = scorer.name
-    summary = ablation_summary(item_df, baseline=baseline, n_boot=n_boot, seed=seed, error_score=error_score)
+    summary = ablation_summary(item_df, baseline=baseline, n_boot=n_boot, n_perm=n_perm, alpha=alpha, seed=seed,
+                               error_score=error_score)
     return (summary, item_df) if items else summary
 
 

@@ -1,420 +1,708 @@
-"""Positional bias: does an aggregating LLM favour the response shown at some position?
+"""Positional bias: does an aggregating LLM draw on a response *because of* the position it
+is shown at?
 
-For every aggregating call (Synthesize, Aggregate, Vote) the output is compared with each
-response it was shown; the response it resembles most is the one it **copied** (ties share
-the credit). For every Rank call, the positions it **kept** are read from the trace. Under no
-positional effect, position k is copied with probability 1/n_shown (kept with probability
-kept/n_shown): the chance rate. The estimate is the chance-corrected rate
+**What is observed.** Each aggregating call (Synthesize, Aggregate, Vote) is shown ``n``
+responses; its output is attributed to the one it draws on by distinctive content
+(:mod:`moakit.analysis.attribution`), or left unattributed (a blend, or nothing traceable).
+Each Rank call *keeps* ``m`` of its ``n`` positions (read from the trace).
 
-    influence_k = (rate_k - chance_k) / (1 - chance_k)
+**The estimand.** Among the calls that were attributed (or ranked), for position ``k``:
 
-which is the probability that the aggregator picks position k *because of its position*,
-beyond chance. For a model that copies the response at position 1 with probability p and
-otherwise picks uniformly among the n shown, influence_1 = p exactly and every other
-position gets -p/(n-1) (they lose what position 1 wins).
+    share_k  = P(the attributed response sat at position k | position k was shown)
+    chance_k = E[m / n]  over those calls   (1/n for copying)
+    excess_k = (share_k - chance_k) / (1 - chance_k)
 
-Intervals: when every run holds one analysed call of the block, the calls are independent
-and each position's picks are binomial: Wilson's interval for the rate, mapped through the
-chance correction (honest for small n and for rates of 0 or 1). Otherwise a percentile
-bootstrap over runs (traces: calls of one run share their inputs, so they are resampled
-together). The test of "no positional effect" is a Monte Carlo test:
-the chi-square distance between observed and chance counts, compared with the same
-statistic under independent uniform choices with each call's own n_shown (and kept count).
+``excess`` is the chance-corrected excess rate: 0 when the position does not matter, 1 when
+position ``k`` is always the one drawn on, negative when it is drawn on less than chance. For
+an aggregator that takes position ``k`` with probability ``p`` and otherwise chooses without
+regard to position, ``excess_k = p`` and every other position gets ``-p / (n - 1)``. It is
+*not* in general "the probability of choosing a response because of its position": when
+several positions are favoured, each row is only its own normalised excess. With
+``by="agent"`` the rows are source agents: how much more often an agent's response is drawn
+on than its share of the list.
 
-With ``by="agent"`` the unit is the source agent instead of the position: how often each
-agent's response is copied beyond chance. The two are only separable when Shuffle (or
-Dropout) varied the order; when every position always held the same agent the result says
-``confounded=True``.
+**What the design identifies.** Position effects are estimated only on calls whose order was
+randomized (:mod:`moakit.analysis.design`: a Shuffle or Sample upstream in the call's own
+run, or exchangeable samples of one agent), one block per pipeline variant by default. On
+those calls position is independent of source agent and content by construction, so
+``excess`` by position is a causal effect of position (averaged over the content shown), and
+by agent an agent effect averaged over positions. Calls shown a fixed order are reported in
+their own rows (``randomized=False``) as a description with no p-value: there a position is
+mostly one agent, and ``cramers_v`` (position x source agent, 1 = each position always the
+same agent) says how tangled the two are. Dropout keeps relative order and separates nothing.
+
+**Inference.** For each row, ``T_k = excess_k / se_k(0)``, where ``se_k(d)`` is the
+cluster-robust (delta-method) standard error of the excess evaluated at the hypothesised
+value ``d`` (score type, as Wilson's interval is for a proportion), over clusters of calls
+that share randomness (item x repeat: the calls of one run share proposals and a
+permutation; variants of one item share proposals). The reference distribution of
+``max_k |T_k|``:
+
+* positions on randomized calls: a **randomization test** that re-draws the design's own
+  randomization: within each cluster one random ranking of every source shown, which each call's
+  list follows (calls of a Synthesize layer, shown one list, get one new order). Exact under the
+  sharp null "the output does not depend on the order", whatever the clustering; studentized,
+  so also asymptotically valid for the weak null of zero excess (Chung & Romano, 2013);
+* agents (whose identity no design randomizes), and fixed-order calls (intervals only): the
+  normal distribution with the labels' covariance at the null, simulated.
+
+The standard error is taken at the value tested (score type): each call's own variance is
+the one the hypothesis implies (``pi (1 - pi)`` for a pick indicator with mean ``pi``), the
+covariance between the calls of a cluster is the observed one. Studentizing by the observed
+share instead (Wald) makes low counts look too extreme: that max-T test rejected about 6% of
+null datasets at alpha 0.05.
+
+``p_value`` is the single-step max-T adjusted p (simultaneous over the rows of a block). The
+interval inverts the same test: every ``d`` with ``|excess - d| <= q * se(d)``, ``q`` the
+reference distribution's critical value (a quadratic in ``d``: a cluster-robust Wilson-type
+interval). So a row's interval excludes 0 exactly when its ``p_value <= alpha``, and the
+intervals hold simultaneously for every row of a block (the largest row's interval stays valid
+for the row picked as largest; its point estimate, the largest of several, is biased upward).
+The block's overall test (``attrs["blocks"]``) is the same max-T.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any, Callable, Sequence
+from collections import Counter
+from typing import Any, Sequence
 
-__all__ = ["positional_bias", "bias_summary", "bias_inputs", "COPY_STEPS", "BIAS_COLUMNS"]
+__all__ = ["positional_bias", "bias_summary", "bias_inputs", "COPY_STEPS", "BIAS_COLUMNS", "INPUT_COLUMNS"]
 
 COPY_STEPS = ("Synthesize", "Aggregate", "Vote")
-BIAS_COLUMNS = ["measure", "step", "aggregator", "position", "source_agent", "n", "n_calls", "rate", "chance",
-                "lift", "influence", "ci_low", "ci_high", "similarity", "p_value", "p_position", "confounded",
-                "ci_method"]
-INPUT_COLUMNS = ["trace_id", "span_id", "step", "aggregator", "measure", "position", "n_shown", "source_agent",
-                 "similarity", "weight", "k"]
-
-
-# ---- similarity -------------------------------------------------------------------------------
-def _similarity_fn(similarity: str | Callable[[str, str], float]) -> Callable[[str, str], float]:
-    """``fn(output, source) -> float``; higher = the output draws more on the source."""
-    if callable(similarity):
-        return similarity
-    from .scorers import rouge_l_scores
-
-    if similarity in ("containment", "rouge_l_precision", "precision"):
-        return lambda out, src: rouge_l_scores(out, src)[0]  # share of the output's tokens found, in order, in src
-    if similarity in ("rouge_l", "f", "f1"):
-        return lambda out, src: rouge_l_scores(out, src)[2]
-    if similarity in ("recall", "rouge_l_recall"):
-        return lambda out, src: rouge_l_scores(out, src)[1]
-    raise ValueError(f"similarity must be 'containment', 'rouge_l', 'recall' or a callable, got {similarity!r}")
-
-
-# ---- loading ----------------------------------------------------------------------------------
-def _open(source, store):
-    """(aggregation inputs DataFrame, store or None, trace ids or None)."""
-    import pandas as pd
-
-    from ..store import TraceStore
-
-    if isinstance(source, TraceStore):
-        return source.aggregation_inputs(), source, None
-    if isinstance(source, pd.DataFrame):
-        st = store if isinstance(store, TraceStore) or store is None else TraceStore(store, create=False)
-        return source, st, None
-    if isinstance(source, str) or (isinstance(source, Sequence) and all(isinstance(t, str) for t in source)):
-        if store is None:
-            raise ValueError("positional_bias: give store=... with a list of trace ids")
-        st = store if isinstance(store, TraceStore) else TraceStore(store, create=False)
-        ids = [source] if isinstance(source, str) else list(source)
-        ids = [st.resolve_trace_id(t) for t in ids]
-        return st.aggregation_inputs(ids), st, ids
-    raise TypeError("positional_bias: source must be a TraceStore, a list of trace ids (with store=...) or a "
-                    f"DataFrame from TraceStore.aggregation_inputs(); got {type(source).__name__}")
-
-
-def _rank_choices(store, ids) -> dict[tuple[str, int], list[int] | None]:
-    """(trace_id, step_index) -> 0-based positions kept by the Rank call, or None when the
-    reply could not be parsed (the engine then kept the first n: not the model's choice)."""
-    if store is None:
-        return {}
-    where, params = store._where(ids, "step")
-    out = {}
-    for trace_id, step_index, choice, parsed in store.query(
-            "SELECT s.trace_id, s.step_index, json_extract(s.attributes, '$.\"moakit.rank.choice\"'), "
-            f"json_extract(s.attributes, '$.\"moakit.rank.parsed\"') FROM spans s WHERE {where} AND s.step='Rank'",
-            params):
-        if choice is None or parsed in (0, False, "false"):
-            out[(trace_id, int(step_index))] = None
-        else:
-            out[(trace_id, int(step_index))] = json.loads(choice) if isinstance(choice, str) else choice
-    return out
-
-
-def _request_keys(store, ids) -> dict[str, str]:
-    if store is None:
-        return {}
-    where, params = store._where(ids, "call")
-    return dict(store.query(f"SELECT s.span_id, s.request_key FROM spans s WHERE {where} "
-                            "AND s.request_key IS NOT NULL", params))
+BIAS_COLUMNS = ["measure", "variant", "step", "aggregator", "randomized", "design", "position", "agent", "n",
+                "n_calls", "share", "chance", "excess", "ci_low", "ci_high", "p_value", "content_share", "cramers_v"]
+INPUT_COLUMNS = ["trace_id", "span_id", "step", "aggregator", "measure", "variant", "item", "repeat", "randomized",
+                 "design", "position", "n_shown", "source_agent", "source_key", "log_length", "share", "picked",
+                 "status"]
+PICKED = ("attributed", "kept")
+DESIGN_WORDS = {"shuffled": "order randomized by Shuffle", "exchangeable": "exchangeable samples of one agent",
+                "fixed": "order never randomized"}
 
 
 # ---- per call ---------------------------------------------------------------------------------
-def bias_inputs(source, *, store: Any = None, similarity: str | Callable = "containment",
-                steps: Sequence[str] | None = None, dedupe: bool = True):
-    """One row per response shown to an analysable aggregating call, with what the call did
-    with it: trace_id, span_id, step, aggregator, measure (``"copied"`` or ``"kept"``),
-    position, n_shown, source_agent, similarity (output vs this response; NaN for Rank),
-    weight (share of the copy credit, or 1/0 kept), k (responses picked: 1 for copying,
-    the number kept for Rank).
+def bias_inputs(source, *, store: Any = None, trace_id: str | Sequence[str] | None = None,
+                steps: Sequence[str] | None = None, ngram: int = 3, dominance: float = 0.5, min_hits: int = 2,
+                exchangeable: bool = True, dedupe: bool = True):
+    """One row per response shown to an analysable aggregating call, with the design and what
+    the call did with it (columns :data:`INPUT_COLUMNS`):
 
-    Calls left out: failed calls, calls shown fewer than 2 responses, copy calls whose output
-    is empty or equally similar to every response (no information), Rank calls whose reply
-    could not be parsed or that kept every response. With ``dedupe`` (default), a call
-    replayed from the cache (same request key, or same inputs and output) counts once."""
+    ``measure`` (``"copied"`` for Synthesize/Aggregate/Vote, ``"kept"`` for Rank), ``variant``,
+    ``item``, ``repeat``, ``randomized``, ``design`` (see :mod:`moakit.analysis.design`),
+    ``position`` (1-based), ``n_shown``, ``source_agent``, ``source_key`` (the source's identity
+    within its item x repeat), ``log_length`` (log of 1 + the shown text's words), ``share``
+    (the response's share of the output's distinctive content; NaN for Rank), ``picked`` (1 for
+    the response the output is attributed to, or each kept one), ``status`` (per call:
+    ``attributed``, ``kept``, ``unattributed: <reason>`` or ``not attributable: <reason>``).
+
+    Calls left out are counted in ``attrs["excluded"]`` by reason: failed calls, calls shown
+    fewer than 2 responses, Rank replies that were not parsed (the engine's fallback is not the
+    model's choice) or that kept everything, and with ``dedupe`` the calls of a run that repeats
+    an earlier run (same variant, item and seed: a rerun served from the cache)."""
+    import numpy as np
     import pandas as pd
 
-    df, st, ids = _open(source, store)
-    sim = _similarity_fn(similarity)
+    from .attribution import attribute, tokens
+    from .design import load_inputs
+
     want = set(steps) if steps is not None else set(COPY_STEPS) | {"Rank"}
     unknown = want - set(COPY_STEPS) - {"Rank"}
     if unknown:
-        raise ValueError(f"positional_bias: steps must be among {COPY_STEPS + ('Rank',)}, got {sorted(unknown)}")
-    if df is None or len(df) == 0:
-        return pd.DataFrame(columns=INPUT_COLUMNS)
-    needed = {"trace_id", "span_id", "step", "agent", "position", "n_shown", "source_agent", "source_text", "output"}
-    missing = needed - set(df.columns)
-    if missing:
-        raise ValueError(f"positional_bias: the DataFrame lacks {sorted(missing)}; pass TraceStore.aggregation_inputs()")
+        raise ValueError(f"steps must be among {COPY_STEPS + ('Rank',)}, got {sorted(unknown)}")
+    df = load_inputs(source, store=store, trace_id=trace_id, exchangeable=exchangeable)
+    excluded: Counter = Counter()
+    out = pd.DataFrame(columns=INPUT_COLUMNS)
+    out.attrs["excluded"] = {}
+    if df.empty:
+        return out
     df = df[df["step"].isin(want)]
     if "error" in df.columns:
-        df = df[df["error"].isna()]
-    df = df[df["output"].notna()]
-    has_rank = bool((df["step"] == "Rank").any())
-    choices = _rank_choices(st, ids) if has_rank else {}
-    if has_rank and not choices and "rank_choice" not in df.columns:
-        import warnings
-
-        warnings.warn("positional_bias: Rank calls found but no recorded choices (pass store=...); Rank is skipped")
-    keys = _request_keys(st, ids) if dedupe else {}
-    rows, seen = [], set()
-    for span_id, g in df.sort_values(["span_id", "position"]).groupby("span_id", sort=False):
-        g = g.sort_values("position")
-        first = g.iloc[0]
-        n = int(first["n_shown"])
-        if n < 2 or len(g) != n:
+        bad = df["error"].notna() | df["output"].isna()
+    else:
+        bad = df["output"].isna()
+    excluded["failed"] += int(df.loc[bad, "span_id"].nunique())
+    df = df[~bad]
+    if dedupe and len(df):
+        runs = df.drop_duplicates("trace_id")[["trace_id", "variant", "item", "repeat"]]
+        first = runs.drop_duplicates(["variant", "item", "repeat"])["trace_id"]
+        dup = ~df["trace_id"].isin(set(first))
+        excluded["repeats an earlier run (same variant, item and seed)"] += int(df.loc[dup, "span_id"].nunique())
+        df = df[~dup]
+    df = df.sort_values(["span_id", "position"], kind="stable")
+    span = df["span_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, span[1:] != span[:-1]]) if len(span) else np.array([], int)
+    ends = np.r_[starts[1:], len(span)] if len(span) else np.array([], int)
+    cols = {c: df[c].tolist() for c in ("trace_id", "span_id", "step", "agent", "variant", "item", "repeat",
+                                        "randomized", "design", "position", "n_shown", "source_agent",
+                                        "shown_text", "shown_known", "output", "rank_choice")}
+    source_text = df["source_text"].tolist() if "source_text" in df.columns else cols["shown_text"]
+    cache: dict = {}
+    length_of: dict = {}
+    rows: dict[str, list] = {c: [] for c in INPUT_COLUMNS}
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        n = int(cols["n_shown"][a])
+        positions = cols["position"][a:b]
+        if n < 2:
+            excluded["fewer than 2 responses shown"] += 1
             continue
-        step, out = first["step"], str(first["output"])
-        texts = ["" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t) for t in g["source_text"]]
-        if dedupe:
-            key = keys.get(span_id) or (step, first["agent"], tuple(texts), out)
-            if key in seen:
-                continue
-            seen.add(key)
-        agents = [str(a) if a is not None else "?" for a in g["source_agent"]]
-        base = {"trace_id": first["trace_id"], "span_id": span_id, "step": step, "aggregator": first["agent"],
-                "n_shown": n}
+        if b - a != n or list(positions) != list(range(1, n + 1)):
+            excluded["shown responses missing from the inputs"] += 1
+            continue
+        step = cols["step"][a]
+        shown = [t if isinstance(t, str) else "" for t in cols["shown_text"][a:b]]
+        agents = [str(x) if x is not None else "?" for x in cols["source_agent"][a:b]]
         if step == "Rank":
-            if "rank_choice" in g.columns and isinstance(first.get("rank_choice"), (list, tuple)):
-                choice = list(first["rank_choice"])
-            else:
-                choice = choices.get((first["trace_id"], int(first["step_index"]))) if "step_index" in g.columns else None
-            if not choice:
+            measure = "kept"
+            choice = cols["rank_choice"][a]
+            if not isinstance(choice, (list, tuple)) or not choice:
+                excluded["Rank reply not parsed (or no choice recorded)"] += 1
                 continue
             kept = {int(c) for c in choice if 0 <= int(c) < n}
             if not kept or len(kept) >= n:
+                excluded["Rank kept every response"] += 1
                 continue
-            for i in range(n):
-                rows.append({**base, "measure": "kept", "position": i + 1, "source_agent": agents[i],
-                             "similarity": math.nan, "weight": 1.0 if i in kept else 0.0, "k": len(kept)})
-            continue
-        if not out.strip():
-            continue
-        sims = [float(sim(out, t)) for t in texts]
-        top = max(sims)
-        if top <= 0 or min(sims) == top:
-            continue
-        winners = [i for i, s in enumerate(sims) if s == top]
-        for i in range(n):
-            rows.append({**base, "measure": "copied", "position": i + 1, "source_agent": agents[i],
-                         "similarity": sims[i], "weight": (1.0 / len(winners)) if i in winners else 0.0, "k": 1})
-    return pd.DataFrame(rows, columns=INPUT_COLUMNS)
-
-
-# ---- estimation -------------------------------------------------------------------------------
-def _estimate(g, label_col: str, n_boot: int, n_sim: int, rng):
-    """Rows (one per label) for one group of calls."""
-    import numpy as np
-
-    labels = sorted(g[label_col].unique(), key=lambda v: (isinstance(v, str), v))
-    li = {v: j for j, v in enumerate(labels)}
-    calls = list(dict.fromkeys(g["span_id"]))
-    ci = {s: j for j, s in enumerate(calls)}
-    C, L = len(calls), len(labels)
-    W = np.zeros((C, L))  # observed picks
-    A = np.zeros((C, L))  # times shown
-    E = np.zeros((C, L))  # expected picks under no effect
-    S = np.zeros((C, L))  # similarity sums
-    rows_c = g["span_id"].map(ci).to_numpy()
-    rows_l = g[label_col].map(li).to_numpy()
-    k_over_n = (g["k"] / g["n_shown"]).to_numpy(dtype=float)
-    np.add.at(W, (rows_c, rows_l), g["weight"].to_numpy(dtype=float))
-    np.add.at(A, (rows_c, rows_l), 1.0)
-    np.add.at(E, (rows_c, rows_l), k_over_n)
-    simv = g["similarity"].to_numpy(dtype=float)
-    np.add.at(S, (rows_c, rows_l), np.nan_to_num(simv))
-    has_sim = bool(np.isfinite(simv).any())
-
-    def stats(w, a, e):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate = w / a
-            chance = e / a
-            infl = (rate - chance) / (1 - chance)
-        return rate, chance, infl
-
-    rate, chance, infl = stats(W.sum(0), A.sum(0), E.sum(0))
-
-    # bootstrap over clusters (runs): calls of one run share their inputs
-    clusters = list(dict.fromkeys(g.drop_duplicates("span_id").set_index("span_id").loc[calls, "trace_id"]))
-    cl_of_call = g.drop_duplicates("span_id").set_index("span_id").loc[calls, "trace_id"].map(
-        {c: j for j, c in enumerate(clusters)}).to_numpy()
-    G = len(clusters)
-    Wg, Ag, Eg = (np.zeros((G, L)) for _ in range(3))
-    np.add.at(Wg, cl_of_call, W)
-    np.add.at(Ag, cl_of_call, A)
-    np.add.at(Eg, cl_of_call, E)
-    lo = hi = np.full(L, np.nan)
-    calls_per_cluster = np.bincount(cl_of_call, minlength=G)
-    if G and calls_per_cluster.max() == 1 and A.max() <= 1:
-        # independent calls, each label shown at most once: the picks of a label are binomial.
-        # Wilson's interval for the rate, mapped through the (monotone) chance correction: it
-        # stays honest for small n and for rates of 0 or 1, where the bootstrap collapses.
-        from .ablation import wilson
-
-        method = "wilson"
-        bounds = np.array([wilson(float(w), int(a)) if a else (np.nan, np.nan) for w, a in zip(W.sum(0), A.sum(0))])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lo = (bounds[:, 0] - chance) / (1 - chance)
-            hi = (bounds[:, 1] - chance) / (1 - chance)
-    elif n_boot and G > 1:
-        method = "bootstrap"
-        B = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot).astype(float)
-        _, _, infl_b = stats(B @ Wg, B @ Ag, B @ Eg)
-        with np.errstate(all="ignore"):
-            lo = np.nanpercentile(infl_b, 2.5, axis=0)
-            hi = np.nanpercentile(infl_b, 97.5, axis=0)
-    else:
-        method = "none"
-
-    # Monte Carlo test of "no positional (or agent) effect": each call picks k of its shown
-    # responses uniformly at random
-    obs, expct = W.sum(0), E.sum(0)
-    null = np.zeros((n_sim, L))
-    if n_sim:
-        lab_of_call: dict[int, list[int]] = {}
-        for c, l_ in zip(rows_c, rows_l):
-            lab_of_call.setdefault(int(c), []).append(int(l_))
-        k_of_call = dict(zip(rows_c, g["k"].to_numpy()))
-        sim_idx = np.arange(n_sim)
-        for c, labs in lab_of_call.items():
-            labs_a = np.asarray(labs)
-            n, k = len(labs), int(k_of_call[c])
-            if k == 1:
-                picks = rng.integers(0, n, size=n_sim)
-                np.add.at(null, (sim_idx, labs_a[picks]), 1.0)
+            picked = [1 if i in kept else 0 for i in range(n)]
+            shares = [math.nan] * n
+            status = "kept"
+        else:
+            measure = "copied"
+            if not all(cols["shown_known"][a:b]):
+                picked, shares = [0] * n, [math.nan] * n
+                status = "not attributable: shown text unknown (after Map)"
             else:
-                order = np.argsort(rng.random((n_sim, n)), axis=1)[:, :k]
-                np.add.at(null, (np.repeat(sim_idx, k), labs_a[order].ravel()), 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok = expct > 0
-        chi_obs = float(np.sum((obs[ok] - expct[ok]) ** 2 / expct[ok]))
-        chi_null = np.sum((null[:, ok] - expct[ok]) ** 2 / expct[ok], axis=1)
-    p_value = float((1 + np.sum(chi_null >= chi_obs - 1e-9)) / (n_sim + 1)) if n_sim else math.nan
-    dev_obs = np.abs(obs - expct)
-    p_pos = ((1 + np.sum(np.abs(null - expct) >= dev_obs - 1e-9, axis=0)) / (n_sim + 1)) if n_sim \
-        else np.full(L, np.nan)
-
-    shown_calls = (A > 0).sum(0)
-    out = []
-    for j, v in enumerate(labels):
-        out.append({
-            label_col: v, "n": int(shown_calls[j]), "n_calls": C, "rate": float(rate[j]), "chance": float(chance[j]),
-            "lift": float(rate[j] / chance[j]) if chance[j] > 0 else math.nan, "influence": float(infl[j]),
-            "ci_low": float(lo[j]), "ci_high": float(hi[j]),
-            "similarity": float(S[:, j].sum() / A[:, j].sum()) if has_sim and A[:, j].sum() else math.nan,
-            "p_value": p_value, "p_position": float(p_pos[j]), "ci_method": method,
-        })
+                att = attribute(cols["output"][a], shown, ngram=ngram, dominance=dominance, min_hits=min_hits,
+                                cache=cache)
+                picked = [1 if i == att.source else 0 for i in range(n)]
+                shares = list(att.shares)
+                status = "attributed" if att.source is not None else f"unattributed: {att.reason}"
+        occ: Counter = Counter()
+        for i in range(n):
+            src = source_text[a + i] if isinstance(source_text[a + i], str) else shown[i]
+            occ[(agents[i], src)] += 1
+            text = shown[i] or src
+            if text not in length_of:
+                length_of[text] = math.log1p(len(tokens(text)))
+            rows["source_key"].append(hash((agents[i], src, occ[(agents[i], src)])))
+            rows["log_length"].append(length_of[text])
+        rows["trace_id"] += cols["trace_id"][a:b]
+        rows["span_id"] += cols["span_id"][a:b]
+        rows["step"] += [step] * n
+        rows["aggregator"] += cols["agent"][a:b]
+        rows["measure"] += [measure] * n
+        for c in ("variant", "item", "repeat", "randomized", "design"):
+            rows[c] += cols[c][a:b]
+        rows["position"] += list(range(1, n + 1))
+        rows["n_shown"] += [n] * n
+        rows["source_agent"] += agents
+        rows["share"] += shares
+        rows["picked"] += picked
+        rows["status"] += [status] * n
+    out = pd.DataFrame(rows, columns=INPUT_COLUMNS)
+    out["randomized"] = out["randomized"].astype(bool)
+    out.attrs["excluded"] = {k: int(v) for k, v in excluded.items() if v}
     return out
 
 
-def _confounded(g) -> bool:
-    """True when every position always held the same source agent (no Shuffle/Dropout)."""
-    per_pos = g.groupby("position")["source_agent"].nunique()
-    return bool(len(per_pos) and (per_pos <= 1).all())
+# ---- estimation -------------------------------------------------------------------------------
+def _index(values) -> tuple[list, Any]:
+    """(distinct values in order of appearance, integer code of each value)."""
+    import numpy as np
+
+    codes: dict = {}
+    idx = np.fromiter((codes.setdefault(v, len(codes)) for v in values), dtype=np.int64, count=len(values))
+    return list(codes), idx
 
 
-def positional_bias(source, *, by: str | None = None, store: Any = None, n_boot: int = 1000, seed: int = 0,
-                    similarity: str | Callable[[str, str], float] = "containment",
-                    steps: Sequence[str] | None = None, n_sim: int = 2000, dedupe: bool = True):
-    """Positional bias of aggregating calls, one row per position (and measure).
+def _critical(max_null, alpha: float) -> float:
+    """The critical value q of a max-|T| reference sample: ``|T| > q`` exactly when the p-value
+    ``(1 + #{M* >= |T|}) / (B + 1)`` is <= alpha."""
+    import numpy as np
+
+    B = len(max_null)
+    r = int(math.floor(alpha * (B + 1) + 1e-9)) - 1  # rejections allow at most r null draws >= |T|
+    if r < 0:
+        return math.inf
+    return float(np.sort(max_null)[::-1][min(r, B - 1)])
+
+
+class _Block:
+    """The sums of one block of calls, for one labelling (position or agent).
+
+    Per call c and label l: ``S`` picks, ``E`` picks expected by chance (appearances x m/n),
+    ``A`` 1 if shown, ``N = S - E``, ``D = A - E``; summed over the calls of a cluster g. The
+    excess is ``sum N / sum D``. Its variance at a hypothesised excess d (score type) keeps the
+    clusters' empirical covariance between calls and replaces each call's own variance by the
+    one the hypothesis implies: a call's pick indicator with mean ``pi = E + d*D`` has variance
+    ``pi (1 - pi)`` (where the count can exceed 1, a Rank keeping several copies of one agent,
+    its empirical square is kept)::
+
+        se(d)^2 = G/(G-1) / D^2 * [sum_g (N_g - d D_g)^2 - sum_c (N_c - d D_c)^2 + sum_c pi_c (1 - pi_c)]
+
+    For independent calls this is the variance of a proportion at its hypothesised value (the
+    interval that inverts it is Wilson's); studentizing by the observed share instead makes low
+    counts look too extreme, and the max-T test rejected ~6% at alpha 5%."""
+
+    def __init__(self, rows, label: str, cluster_cols: Sequence[str]):
+        import numpy as np
+
+        r = rows.reset_index(drop=True)
+        self.calls, call_idx = _index(r["span_id"].tolist())
+        first = r.drop_duplicates("span_id")
+        self.clusters, cl_of_call = _index(list(zip(*(first[c].tolist() for c in cluster_cols))))
+        self.cl_of_call = cl_of_call
+        if label == "position":
+            self.labels = list(range(1, int(r["position"].max()) + 1))
+            lab = r["position"].to_numpy(dtype=np.int64) - 1
+        else:
+            self.labels = sorted(set(r["source_agent"]))
+            code = {v: i for i, v in enumerate(self.labels)}
+            lab = np.fromiter((code[v] for v in r["source_agent"]), dtype=np.int64, count=len(r))
+        C, G, L = len(self.calls), len(self.clusters), len(self.labels)
+        n_shown = r["n_shown"].to_numpy(dtype=float)
+        picked = r["picked"].to_numpy(dtype=float)
+        m = np.bincount(call_idx, weights=picked, minlength=C)  # picks per call
+        Sc, Ec, shown = np.zeros((C, L)), np.zeros((C, L)), np.zeros((C, L))
+        np.add.at(Sc, (call_idx, lab), picked)
+        np.add.at(Ec, (call_idx, lab), m[call_idx] / n_shown)
+        np.add.at(shown, (call_idx, lab), 1.0)
+        Ac = (shown > 0).astype(float)
+        self.indicator = (Ac > 0) & ((m[:, None] == 1) | (shown == 1))  # the call's count is 0 or 1
+        self.m = m
+        self.Sc, self.Ec, self.Ac = Sc, Ec, Ac
+        self.S, self.E, self.A = (np.zeros((G, L)) for _ in range(3))
+        np.add.at(self.S, cl_of_call, Sc)
+        np.add.at(self.E, cl_of_call, Ec)
+        np.add.at(self.A, cl_of_call, Ac)
+        self.D = (self.A - self.E).sum(0)
+        Ei = np.where(self.indicator, Ec, 0.0)
+        self.E2 = (Ei ** 2).sum(0)  # sum over indicator cells of E^2
+        self.T1 = (Ei * (1 - Ei)).sum(0)  # ... of E (1 - E): the null variance of the indicators
+        self.call_idx, self.lab, self.picked = call_idx, lab, picked
+        self.rows = r
+
+    def estimate(self, S=None, SW=None):
+        """(excess, se0): the estimate and its standard error at excess 0, from cluster sums
+        ``S`` (..., G, L) and ``SW`` (..., L), the sum over indicator cells of ``S (1 - 2E)``
+        (defaults: the observed picks; re-drawn picks carry a leading draw axis)."""
+        import numpy as np
+
+        if S is None:
+            S, SW = self.S, (np.where(self.indicator, self.Sc * (1 - 2 * self.Ec), 0.0)).sum(0)
+        G = len(self.clusters)
+        N = S - self.E
+        within = SW + self.E2  # sum over indicator cells of (S - E)^2, as S is 0 or 1 there
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = N.sum(-2) / self.D
+            var = G / (G - 1) * np.maximum((N ** 2).sum(-2) - within + self.T1, 0) / self.D ** 2 if G > 1 \
+                else np.full(est.shape, np.nan)
+        return est, np.sqrt(var)
+
+    def null_covariance(self):
+        """The covariance of the labels' estimates at excess 0 (same construction as the
+        variance, between labels: a single pick falls on one label only, so two labels'
+        indicators of one call have covariance ``-E_l E_l'``)."""
+        import numpy as np
+
+        G = len(self.clusters)
+        N = self.S - self.E
+        cov = N.T @ N
+        single = self.m == 1
+        Nc = self.Sc - self.Ec
+        Ns, Es = Nc[single], self.Ec[single]
+        cov += -(Ns.T @ Ns) + np.diag(Es.sum(0)) - Es.T @ Es
+        multi = ~single & self.indicator.any(1)
+        if multi.any():  # a Rank keeping several: the indicators' own variance at the null
+            Ni = np.where(self.indicator[multi], Nc[multi], 0.0)
+            Ei = np.where(self.indicator[multi], self.Ec[multi], 0.0)
+            cov += np.diag(-(Ni ** 2).sum(0) + (Ei * (1 - Ei)).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return G / (G - 1) * cov / np.outer(self.D, self.D)
+
+    def interval(self, q: float):
+        """Per label, the excesses ``d`` not rejected at critical value ``q``:
+        ``(est - d)^2 <= q^2 se(d)^2``, a quadratic in ``d`` (Wilson's interval for independent
+        calls), clipped to the range an excess can take. It excludes 0 exactly when
+        ``|est| / se0 > q``."""
+        import numpy as np
+
+        G = len(self.clusters)
+        Dg, Ng = self.A - self.E, self.S - self.E
+        ind = self.indicator
+        Nc = np.where(ind, self.Sc - self.Ec, 0.0)
+        Dc = np.where(ind, self.Ac - self.Ec, 0.0)
+        Ec = np.where(ind, self.Ec, 0.0)
+        # se(d)^2 * D^2 * (G-1)/G = a0 + a1 d + a2 d^2
+        a0 = (Ng ** 2).sum(0) - (Nc ** 2).sum(0) + (Ec * (1 - Ec)).sum(0)
+        a1 = -2 * (Ng * Dg).sum(0) + 2 * (Nc * Dc).sum(0) + (Dc * (1 - 2 * Ec)).sum(0)
+        a2 = (Dg ** 2).sum(0) - 2 * (Dc ** 2).sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = Ng.sum(0) / self.D
+            k = q * q * G / (G - 1) / self.D ** 2
+            a = 1 - k * a2
+            b = -2 * est - k * a1
+            c = est ** 2 - k * a0
+            root = np.sqrt(np.maximum(b * b - 4 * a * c, 0))
+            lo, hi = (-b - root) / (2 * a), (-b + root) / (2 * a)
+            chance = self.E.sum(0) / self.A.sum(0)
+            floor = -chance / (1 - chance)
+        bounded = a > 0  # else too few clusters for the test to exclude any value: the whole range
+        lo = np.where(bounded, np.fmax(lo, floor), floor)
+        hi = np.where(bounded, np.fmin(hi, 1.0), 1.0)
+        lo, hi = np.fmin(lo, est), np.fmax(hi, est)
+        return np.where(np.isfinite(est), lo, np.nan), np.where(np.isfinite(est), hi, np.nan)
+
+
+def _tstat(est, se):
+    import numpy as np
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.abs(est) / se
+    t = np.where(se > 0, t, np.where(np.abs(est) > 1e-12, np.inf, 0.0))
+    return np.where(np.isfinite(est), t, np.nan)
+
+
+def _randomization_max(block: _Block, draws: int, rng, budget: int = 4_000_000):
+    """``draws`` values of max_k |T_k| with the positions re-drawn as the design drew them:
+    in each cluster one uniform random ranking of the sources shown, every call's list
+    following it (module doc)."""
+    import numpy as np
+
+    r = block.rows
+    _, key = _index(list(zip(block.cl_of_call[block.call_idx].tolist(), r["source_key"].tolist())))
+    picks = np.flatnonzero(block.picked > 0)
+    # pairs (pick, row of the same call): the pick's new 0-based position counts the rows of its
+    # call whose source ranks before it
+    order = np.argsort(block.call_idx, kind="stable")
+    call_sorted = block.call_idx[order]
+    start = np.searchsorted(call_sorted, np.arange(len(block.calls)))
+    count = np.bincount(block.call_idx, minlength=len(block.calls))
+    pc = block.call_idx[picks]
+    reps = count[pc]
+    pair_pick = np.repeat(np.arange(len(picks)), reps)
+    offs = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    pair_row = order[np.repeat(start[pc], reps) + offs]
+    pair_bounds = np.r_[0, np.cumsum(reps)[:-1]]
+    key_row, key_pick = key[pair_row], key[picks][pair_pick]
+    g_pick = block.cl_of_call[pc]
+    # a pick's weight in sum S (1 - 2E): E is m/n for every position of its call
+    w_pick = 1 - 2 * block.m[pc] / count[pc]
+    G, L = block.S.shape
+    n_keys = int(key.max()) + 1
+    est_obs, _ = block.estimate()
+    valid = np.isfinite(est_obs) & (block.D > 0)
+    out = np.empty(draws)
+    chunk = max(1, min(draws, budget // max(1, len(pair_row) + G * L)))
+    done = 0
+    while done < draws:
+        b = min(chunk, draws - done)
+        u = rng.random((b, n_keys))
+        before = u[:, key_row] < u[:, key_pick]
+        newpos = np.add.reduceat(before, pair_bounds, axis=1) if len(pair_bounds) else np.zeros((b, 0), int)
+        draw = np.arange(b)[:, None]
+        S = np.bincount((draw * (G * L) + g_pick[None, :] * L + newpos).ravel(),
+                        minlength=b * G * L).reshape(b, G, L).astype(float)
+        SW = np.bincount((draw * L + newpos).ravel(), weights=np.broadcast_to(w_pick, newpos.shape).ravel(),
+                         minlength=b * L).reshape(b, L)
+        est, se0 = block.estimate(S, SW)
+        t = _tstat(est, se0)[:, valid]
+        out[done:done + b] = np.nanmax(t, axis=1) if t.shape[1] else 0.0
+        done += b
+    return out
+
+
+def _normal_max(block: _Block, draws: int, rng):
+    """``draws`` values of max_k |Z_k| / sd_k for Z normal with the labels' covariance at the
+    null (:meth:`_Block.null_covariance`): the simultaneous reference where no design
+    randomizes the label (agents) or nothing is tested (fixed order)."""
+    import numpy as np
+
+    est, se0 = block.estimate()
+    valid = np.isfinite(est) & np.isfinite(se0) & (se0 > 0)
+    if not valid.any():
+        return np.zeros(draws)
+    cov = block.null_covariance()[np.ix_(valid, valid)]
+    w, v = np.linalg.eigh((cov + cov.T) / 2)
+    z = rng.standard_normal((draws, len(w))) @ (v * np.sqrt(np.clip(w, 0, None))).T
+    return np.max(np.abs(z) / se0[valid], axis=1)
+
+
+def _cramers_v(rows) -> float:
+    """Cramér's V of position x source agent over the shown rows (NaN when one of the two
+    never varies: Self-MoA's single agent tangles nothing)."""
+    import pandas as pd
+    from scipy.stats.contingency import association
+
+    table = pd.crosstab(rows["position"], rows["source_agent"])
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        return math.nan
+    return float(association(table.to_numpy(), method="cramer"))
+
+
+def _block_rows(rows, label: str, randomized: bool, cluster_cols, draws: int, alpha: float, rng):
+    """Per-label estimates of one block, and the block's overall test."""
+    import numpy as np
+
+    used = rows[rows["status"].isin(PICKED)]
+    blk = _Block(used, label, cluster_cols)
+    est, se0 = blk.estimate()
+    A, E, S = blk.A.sum(0), blk.E.sum(0), blk.S.sum(0)
+    G = len(blk.clusters)
+    test_method = None
+    p = np.full(len(blk.labels), np.nan)
+    lo = hi = np.full(len(blk.labels), np.nan)
+    p_overall = math.nan
+    if G > 1 and draws:
+        if randomized and label == "position":
+            null = _randomization_max(blk, draws, rng)
+            test_method = "randomization (the design's permutations re-drawn), studentized max-T"
+        else:
+            null = _normal_max(blk, draws, rng)
+            test_method = "simultaneous normal reference with the null covariance, studentized max-T"
+        q = _critical(null, alpha)
+        lo, hi = blk.interval(q)
+        if randomized:
+            t = _tstat(est, se0)
+            exceed = (null[None, :] >= np.nan_to_num(t, nan=np.inf)[:, None] - 1e-12).sum(1)
+            p = np.where(np.isnan(t), np.nan, (1 + exceed) / (len(null) + 1))
+            if not np.isnan(t).all():
+                p_overall = float(np.nanmin(p))
+        else:
+            test_method = None  # fixed order: an association, not a test of position or agent
+    # content share: a continuous, argmax-free description over copy calls with traceable content
+    cs = np.full(len(blk.labels), np.nan)
+    copy = rows[(rows["measure"] == "copied") & rows["share"].notna()]
+    if len(copy):
+        traced = copy.groupby("span_id")["share"].transform("sum") > 0
+        copy = copy[traced]
+        if len(copy):
+            key = copy["position"] if label == "position" else copy["source_agent"]
+            per = copy.groupby([copy["span_id"], key])["share"].sum().groupby(level=1).mean()
+            cs = np.array([float(per.get(v, np.nan)) for v in blk.labels])
+    out = []
+    for j, v in enumerate(blk.labels):
+        if A[j] == 0:
+            continue
+        out.append({"label": v, "n": int(A[j]), "share": float(S[j] / A[j]), "chance": float(E[j] / A[j]),
+                    "excess": float(est[j]), "ci_low": float(lo[j]), "ci_high": float(hi[j]),
+                    "p_value": float(p[j]), "content_share": float(cs[j])})
+    test = {"method": test_method, "p_value": p_overall, "draws": draws if test_method else 0, "clusters": G}
+    return out, test, len(blk.calls)
+
+
+def positional_bias(source, *, by: str = "position", variant: str | Sequence[str] | None = None,
+                    pool_variants: bool = False, split: str | None = None, steps: Sequence[str] | None = None,
+                    cluster: str = "item_repeat", level: float = 0.95, draws: int = 1999, seed: int = 0,
+                    ngram: int = 3, dominance: float = 0.5, min_hits: int = 2, exchangeable: bool = True,
+                    dedupe: bool = True, store: Any = None, trace_id: str | Sequence[str] | None = None):
+    """Position (or source-agent) effects of aggregating calls, one row per position (or
+    agent) and block; see the module doc for the estimand and the inference.
 
     Args:
-        source: a :class:`~moakit.TraceStore` (every run in it), a list of trace ids (with
-            ``store=``), or a DataFrame from ``TraceStore.aggregation_inputs()`` (give ``store=``
-            too when it holds Rank calls: their choices live on the step spans).
-        by: ``None`` (pool Synthesize/Aggregate/Vote calls; Rank separately), ``"step"`` (one
-            block per step kind), ``"aggregator"`` (one block per aggregating agent) or
-            ``"agent"`` (rows per *source agent* instead of position: does the aggregator favour
-            a model, whatever its position?).
-        n_boot: bootstrap resamples (over runs) for ``ci_low``/``ci_high`` when runs hold
-            several analysed calls; 0 skips them.
-        seed: seed of the bootstrap and of the Monte Carlo test (results are reproducible).
-        similarity: how "the output draws on a response" is measured to find the copied one:
-            ``"containment"`` (default: ROUGE-L precision, the share of the output's tokens
-            found in order in the response; robust when outputs are cut short), ``"rouge_l"``
-            (F1), ``"recall"`` or ``fn(output, response) -> float``.
-        steps: restrict to these step kinds (default Synthesize, Aggregate, Vote, Rank).
-        n_sim: Monte Carlo draws for ``p_value`` / ``p_position`` (smallest p is 1/(n_sim+1)).
-        dedupe: count a call replayed from the cache once.
+        source: a :class:`~moakit.TraceStore`, a DataFrame shaped like
+            ``TraceStore.aggregation_inputs()`` (with ``store=`` to derive the design, or with
+            design columns ``randomized``, ``variant``, ``item``, ``repeat``, ``shown_text``,
+            ``rank_choice``), or the output of :func:`bias_inputs`.
+        by: ``"position"`` or ``"agent"`` (rows per source agent).
+        variant: restrict to this pipeline variant (or these); default every variant, each in
+            its own block (variants differ in design: never pooled by default).
+        pool_variants: pool the chosen variants into one block per order design.
+        split: also split blocks by ``"step"`` (kind) or ``"aggregator"`` (aggregating agent).
+        steps: step kinds to analyse (default Synthesize, Aggregate, Vote, Rank).
+        cluster: ``"item_repeat"`` (default; calls sharing a run or an item's proposals) or
+            ``"item"`` (also pools repeats of an item: when items are the sampling unit).
+        level: simultaneous confidence level of the intervals (alpha = 1 - level for p).
+        draws: re-drawn permutations / bootstrap draws (at least 19; smallest p is 1/(draws+1)).
+        seed: seed of the draws (results are reproducible).
+        ngram, dominance, min_hits: the attribution (:func:`moakit.analysis.attribution.attribute`).
+        exchangeable: count samples of one agent listed in sample order as randomized.
+        dedupe: drop runs that repeat an earlier run (same variant, item and seed).
+        store, trace_id: a store to derive a frame's design from; the runs to analyse.
 
     Returns:
-        DataFrame with columns :data:`BIAS_COLUMNS`: measure (``"copied"`` for
-        Synthesize/Aggregate/Vote, ``"kept"`` for Rank), step (the step kinds pooled, joined by
-        ``+``), aggregator (the aggregating agent with ``by="aggregator"``, else None),
-        position (1-based; None with ``by="agent"``), source_agent (with ``by="agent"``, else
-        None), n (calls that showed this position/agent), n_calls (calls in the block), rate
-        (share of picks), chance (rate expected with no effect), lift (rate / chance),
-        influence (chance-corrected rate, see the module doc), ci_low / ci_high (95% interval
-        of influence: Wilson when calls are independent, else a bootstrap over runs; the
-        method is in ci_method), similarity (mean similarity of the output to this
-        position's response; NaN for Rank), p_value (Monte Carlo test of no effect over the
-        block, repeated on each of its rows), p_position (the same test for this row alone,
-        two-sided), confounded (position and source agent never varied independently),
-        ci_method (``"wilson"``, ``"bootstrap"`` or ``"none"``).
-        ``df.attrs`` holds n_boot, n_sim, similarity and the number of calls analysed.
+        DataFrame with columns :data:`BIAS_COLUMNS`: ``measure`` (``copied``/``kept``),
+        ``variant``, ``step`` (the step kinds in the block, joined by ``+``), ``aggregator``
+        (with ``split="aggregator"``), ``randomized``, ``design`` (``shuffled``,
+        ``exchangeable``, ``fixed``, or several joined by ``+``), ``position`` or ``agent``,
+        ``n`` (attributed calls that showed it), ``n_calls`` (attributed calls in the block),
+        ``share``, ``chance``, ``excess``, ``ci_low``/``ci_high`` (simultaneous intervals over
+        the block's rows), ``p_value`` (adjusted, agreeing with the interval; NaN where the
+        order was never randomized), ``content_share`` (mean share of the output's
+        distinctive content from it, over copy calls with any), ``cramers_v`` (position x
+        source agent in the block's calls). ``attrs``: ``blocks`` (per block: design,
+        counts of attributed / unattributed calls by reason, clusters, the overall test),
+        ``excluded`` (calls left out, by reason), ``estimand``, ``reading`` (the words
+        ``BiasView`` shows), and the settings.
     """
     import numpy as np
     import pandas as pd
 
-    if by not in (None, "step", "aggregator", "agent", "source_agent"):
-        raise ValueError(f"positional_bias: by must be None, 'step', 'aggregator' or 'agent', got {by!r}")
-    if not isinstance(n_boot, int) or n_boot < 0 or not isinstance(n_sim, int) or n_sim < 0:
-        raise ValueError("positional_bias: n_boot and n_sim must be non-negative integers")
-    inputs = bias_inputs(source, store=store, similarity=similarity, steps=steps, dedupe=dedupe)
-    rng = np.random.default_rng(seed)
-    rows = []
+    if by not in ("position", "agent"):
+        raise ValueError(f"positional_bias: by must be 'position' or 'agent', got {by!r}")
+    if split not in (None, "step", "aggregator"):
+        raise ValueError(f"positional_bias: split must be None, 'step' or 'aggregator', got {split!r}")
+    if cluster not in ("item_repeat", "item"):
+        raise ValueError(f"positional_bias: cluster must be 'item_repeat' or 'item', got {cluster!r}")
+    if not (isinstance(draws, int) and (draws == 0 or draws >= 19)):
+        raise ValueError(f"positional_bias: draws must be 0 or an integer >= 19, got {draws!r}")
+    if not 0.5 <= level < 1:
+        raise ValueError(f"positional_bias: level must be in [0.5, 1), got {level!r}")
+    alpha = 1 - level
+    if isinstance(source, pd.DataFrame) and set(INPUT_COLUMNS) <= set(source.columns):
+        inputs = source
+    else:
+        inputs = bias_inputs(source, store=store, trace_id=trace_id, steps=steps, ngram=ngram, dominance=dominance,
+                             min_hits=min_hits, exchangeable=exchangeable, dedupe=dedupe)
+    if steps is not None and len(inputs):
+        inputs = inputs[inputs["step"].isin(set(steps))]
+    if variant is not None and len(inputs):
+        chosen = [variant] if isinstance(variant, str) else list(variant)
+        have = list(dict.fromkeys(inputs["variant"]))
+        unknown = [v for v in chosen if v not in have]
+        if unknown:
+            raise ValueError(f"positional_bias: no variant {unknown} in the data; variants: {have}")
+        inputs = inputs[inputs["variant"].isin(chosen)]
+    if pool_variants and len(inputs):
+        inputs = inputs.assign(variant=" + ".join(dict.fromkeys(inputs["variant"])))
+    cluster_cols = ["item", "repeat"] if cluster == "item_repeat" else ["item"]
+    keys = ["measure", "variant", "randomized"] + ([split] if split == "step" else
+                                                   ["aggregator"] if split == "aggregator" else [])
+    label = "position" if by == "position" else "agent"
+    rows, blocks = [], []
     if len(inputs):
-        label = "source_agent" if by in ("agent", "source_agent") else "position"
-        group_cols = ["measure"] + (["step"] if by == "step" else ["aggregator"] if by == "aggregator" else [])
-        for key, g in inputs.groupby(group_cols, sort=True):
-            key = key if isinstance(key, tuple) else (key,)
-            meta = dict(zip(group_cols, key))
-            conf = _confounded(g)
-            step_label = meta.get("step") or "+".join(sorted(g["step"].unique()))
-            for r in _estimate(g, label, n_boot, n_sim, rng):
-                rows.append({"measure": meta["measure"], "step": step_label, "aggregator": meta.get("aggregator"),
-                             "position": r.pop("position", None), "source_agent": r.pop("source_agent", None),
-                             **{k: v for k, v in r.items() if k != "ci_method"}, "confounded": conf,
-                             "ci_method": r["ci_method"]})
+        for bi, (key, g) in enumerate(inputs.groupby(keys, sort=False)):
+            meta = dict(zip(keys, key))
+            status = g.drop_duplicates("span_id")["status"]
+            counts = {k: int(v) for k, v in status.value_counts().items()}
+            picked_calls = int(status.isin(PICKED).sum())
+            design = "+".join(sorted(set(g["design"])))
+            block = {"measure": meta["measure"], "variant": meta["variant"], "randomized": bool(meta["randomized"]),
+                     "design": design, "step": "+".join(sorted(set(g["step"]))),
+                     "aggregator": meta.get("aggregator"), "calls": int(g["span_id"].nunique()),
+                     "picked": picked_calls, "status": counts, "runs": int(g["trace_id"].nunique()),
+                     "cramers_v": _cramers_v(g[g["status"].isin(PICKED)]) if picked_calls else math.nan}
+            if picked_calls:
+                est, test, n_calls = _block_rows(g, label, bool(meta["randomized"]), cluster_cols, draws, alpha,
+                                                 np.random.default_rng([seed, bi]))
+            else:
+                est, test, n_calls = [], {"method": None, "p_value": math.nan, "draws": 0, "clusters": 0}, 0
+            block["test"] = test
+            blocks.append(block)
+            for r in est:
+                v = r.pop("label")
+                rows.append({"measure": block["measure"], "variant": block["variant"], "step": block["step"],
+                             "aggregator": block["aggregator"], "randomized": block["randomized"],
+                             "design": design, "position": v if label == "position" else None,
+                             "agent": v if label == "agent" else None, **r, "n_calls": n_calls,
+                             "cramers_v": block["cramers_v"]})
     df = pd.DataFrame(rows, columns=BIAS_COLUMNS)
-    if len(df):
-        df["position"] = df["position"].astype("Int64")
-    df.attrs.update({"n_boot": n_boot, "n_sim": n_sim, "seed": seed, "by": by,
-                     "similarity": similarity if isinstance(similarity, str) else getattr(similarity, "__name__", "fn"),
-                     "calls": int(inputs["span_id"].nunique()) if len(inputs) else 0})
+    df["position"] = df["position"].astype("Int64")
+    df["randomized"] = df["randomized"].astype(bool)
+    df.attrs.update({
+        "by": by, "level": level, "draws": draws, "seed": seed, "cluster": cluster,
+        "attribution": {"ngram": ngram, "dominance": dominance, "min_hits": min_hits},
+        "blocks": blocks, "excluded": dict(inputs.attrs.get("excluded", {})),
+        "estimand": ("excess = (share - chance) / (1 - chance): the chance-corrected excess rate at which the "
+                     f"{'position' if by == 'position' else 'source agent'} is drawn on, among attributed calls; "
+                     "identified as an effect only on randomized calls"),
+    })
+    df.attrs["reading"] = bias_summary(df)
     return df
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _fmt_p(p: float) -> str:
-    if p is None or _na(p):
+def _fmt_p(p: float, draws: int | None = None) -> str:
+    if p is None or p != p:
         return "p n/a"
-    if p < 0.001:
-        return "p < 0.001"
-    if p < 0.01:
-        return "p < 0.01"
+    if draws and p <= 1.0 / (draws + 1) + 1e-12:
+        return f"p <= {1.0 / (draws + 1):.2g}"
     return f"p = {p:.2g}"
 
 
+def _name(row, label: str) -> str:
+    return f"position {int(row['position'])}" if label == "position" else f"agent {row['agent']}"
+
+
 def bias_summary(df) -> str:
-    """One line per block of :func:`positional_bias`'s result, e.g. ``"Aggregate: position 1 is
-    copied 2.1x more often than chance (influence 0.45, 95% CI 0.38 to 0.52), p < 0.01"``."""
-    if df is None or len(df) == 0:
+    """What :func:`positional_bias`'s result says, one line per block, in words: which rows
+    differ from chance (simultaneous intervals and adjusted p agree), which effects the data
+    rule out, and what cannot be concluded where the order was never randomized."""
+    blocks = list(getattr(df, "attrs", {}).get("blocks") or [])
+    if df is None or (len(df) == 0 and not blocks):
         return "no aggregating calls to analyse"
+    if not blocks:  # a frame that lost its attrs: its rows still say what they hold
+        for (m, v, r, st), g in df.groupby(["measure", "variant", "randomized", "step"], sort=False):
+            blocks.append({"measure": m, "variant": v, "randomized": bool(r), "step": st, "design": g["design"].iloc[0],
+                           "aggregator": g["aggregator"].iloc[0], "status": {}, "test": {}})
+    label = "position" if len(df) == 0 or df["position"].notna().any() else "agent"
+    level = float(df.attrs.get("level", 0.95))
+    draws = df.attrs.get("draws")
     lines = []
-    keys = ["measure", "step", "aggregator"]
-    for _, g in df.groupby(keys, dropna=False, sort=False):
-        g = g[g["n"] > 0]
-        if not len(g):
-            continue
-        top = g.loc[g["lift"].idxmax()] if g["lift"].notna().any() else g.iloc[0]
-        what = f"agent {top['source_agent']}" if top["source_agent"] is not None and not _na(top["source_agent"]) \
-            else f"position {int(top['position'])}"
-        verb = "kept" if top["measure"] == "kept" else "copied"
-        who = f"{top['step']}" + (f" ({top['aggregator']})" if top["aggregator"] is not None and not _na(top["aggregator"]) else "")
-        ci = "" if _na(top["ci_low"]) else f", 95% CI {top['ci_low']:.2f} to {top['ci_high']:.2f}"
-        p = float(top["p_value"])
-        verdict = "" if _na(p) or p < 0.05 else " (no evidence of a positional effect)" if what.startswith("position") \
-            else " (no evidence of an agent effect)"
-        line = (f"{who}: {what} is {verb} {top['lift']:.1f}x as often as chance (influence {top['influence']:.2f}{ci}), "
-                f"{_fmt_p(p)}, {int(top['n_calls'])} calls{verdict}")
-        if bool(top["confounded"]):
-            line += "; the order never varied, so position and source agent are confounded"
-        lines.append(line)
+    for b in blocks:
+        g = df[(df["measure"] == b["measure"]) & (df["variant"] == b["variant"])
+               & (df["randomized"] == b["randomized"]) & (df["step"] == b["step"])]
+        if isinstance(b.get("aggregator"), str):
+            g = g[g["aggregator"] == b["aggregator"]]
+        lines.append(_block_line(g, b, label, level, draws) if len(g) else _empty_line(b))
     return "\n".join(lines)
 
 
-def _na(v) -> bool:
-    try:
-        return v is None or (isinstance(v, float) and math.isnan(v)) or bool(v != v)
-    except (TypeError, ValueError):
-        return False
+def _block_line(g, b: dict, label: str, level: float, draws) -> str:
+    alpha = 1 - level
+    head = _head(g.iloc[0], b)
+    verb = "kept" if g.iloc[0]["measure"] == "kept" else "drawn on"
+    if not bool(g.iloc[0]["randomized"]):
+        top = g.loc[(g["share"] - g["chance"]).abs().idxmax()]
+        v = g.iloc[0]["cramers_v"]
+        tangle = ("a single source agent throughout, but the order was not randomized" if v != v else
+                  f"position and source agent are tangled (Cramér's V {v:.2f})")
+        other = "the agent (or content) usually shown there" if label == "position" else \
+            "the position it is usually shown at"
+        return (f"{head}: the order was never randomized, so no {label} effect is estimated or tested. "
+                f"{_name(top, label).capitalize()} is {verb} at {top['share'] / top['chance']:.1f}x chance, "
+                f"but {tangle}: this may be a preference for {other}. "
+                f"Add Shuffle before the aggregating step to separate them.")
+    sig = g[g["p_value"] <= alpha + 1e-12]
+    if len(sig):
+        up = sig[sig["excess"] > 0].sort_values("excess", ascending=False)
+        down = sig[sig["excess"] < 0].sort_values("excess")
+        parts = [f"{_name(r, label)} is {verb} beyond chance: excess {r['excess']:.2f} "
+                 f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}], {_fmt_p(r['p_value'], draws)}" for _, r in up.iterrows()]
+        if len(down):
+            parts.append("less than chance: " + ", ".join(
+                f"{_name(r, label)} ({r['excess']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}])"
+                for _, r in down.iterrows()))
+        return (f"{head}: " + "; ".join(parts) + f" ({level:.0%} intervals simultaneous over {len(g)} {label}s"
+                + (", positions balanced by the design)" if label == "agent" else ")"))
+    what = "position effect" if label == "position" else "agent preference"
+    clusters = b.get("test", {}).get("clusters")
+    if g["ci_low"].isna().all() and g["p_value"].isna().all():
+        return (f"{head}: {clusters if clusters is not None else 'too few'} cluster(s) of calls (item x repeat): "
+                f"too few for an interval or a test")
+    p = b.get("test", {}).get("p_value", math.nan)
+    floor = -g["chance"] / (1 - g["chance"])
+    if ((g["ci_low"] <= floor + 0.01) & (g["ci_high"] >= 0.99)).all():
+        return (f"{head}: no {what} detected ({_fmt_p(p, draws)}), but the intervals span every possible "
+                f"excess: too few calls to bound an effect")
+    bound = float(g[["ci_low", "ci_high"]].abs().max().max())
+    return (f"{head}: no {what} detected ({_fmt_p(p, draws)}); "
+            f"excesses beyond ±{bound:.2f} are ruled out ({level:.0%} simultaneous)")
+
+
+def _head(row, block: dict) -> str:
+    design = "+".join(DESIGN_WORDS.get(d, d) for d in str(row["design"]).split("+"))
+    who = f"{row['variant']}, {row['step']}"
+    if isinstance(row.get("aggregator"), str):
+        who += f" ({row['aggregator']})"
+    if row["measure"] == "kept":
+        who += " kept"
+    st = block.get("status", {})
+    total = sum(st.values()) if st else None
+    att = f"{int(row['n_calls'])} of {total} calls attributed" if total and row["measure"] == "copied" else \
+        f"{int(row['n_calls'])} calls"
+    return f"{who} [{design}; {att}]"
+
+
+def _empty_line(b: dict) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in b.get("status", {}).items())
+    return (f"{b['variant']}, {b['step']} [{DESIGN_WORDS.get(b['design'], b['design'])}]: no call could be "
+            f"attributed to one source ({reasons}): nothing to estimate")

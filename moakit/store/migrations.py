@@ -155,7 +155,9 @@ def m006_one_span_per_logical_call(db):
         FROM m006_calls m WHERE spans.trace_id = m.trace_id AND spans.request_key = m.request_key
           AND spans.kind = 'call' AND spans.cached = 0 AND spans.span_id != m.last_id""")
     db.execute("""
-        UPDATE spans SET start_ns = m.first_start, attempt = m.n
+        UPDATE spans SET start_ns = m.first_start, attempt = m.n,
+                         attributes = json_set(coalesce(attributes, '{}'), '$."moakit.attempt.last_start_ns"',
+                                               spans.start_ns)
         FROM m006_calls m WHERE spans.span_id = m.last_id""")
     db.execute("DROP TABLE m006_calls")
     # The run: an invoke_workflow operation named after its pipeline (gen_ai.agent.name).

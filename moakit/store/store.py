@@ -310,24 +310,12 @@ class TraceStore:
         where, params = self._where(trace_id, A.KIND_CALL)
         last = self.frame(f"""
             SELECT s.trace_id, s.span_id AS call_span_id, s.span_id, s.agent, s.model, s.step_index, s.step,
-                   s.attempt, s.start_ns, s.end_ns, NULL AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final,
-                   CASE WHEN s.attempt > 1 THEN CAST(json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"') AS TEXT)
-                        END AS _last_start
+                   s.attempt, coalesce(json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"'), s.start_ns) AS start_ns,
+                   s.end_ns, (s.end_ns - coalesce(json_extract(s.attributes, '$."{A.LAST_ATTEMPT_START}"'), s.start_ns))
+                   / 1e9 AS latency_s, s.error, NULL AS retry_wait_s, NULL AS retry_reason, 1 AS final
             FROM spans s WHERE {where} AND s.cached = 0 AND s.attempt > 0""", params)
         import pandas as pd
 
-        if len(last):
-            if len(failed):
-                # a retried call's last attempt: recorded when it was sent (after the retry wait and
-                # any wait for a slot or a per-minute budget); files written before that was
-                # recorded: when the wait after the attempt before ended
-                prev = failed.sort_values("attempt").groupby("call_span_id").last()
-                waits = (prev["retry_wait_s"].astype(float).fillna(0.0) * 1e9).round().astype("int64")
-                began = dict(zip(prev.index, (prev["end_ns"].astype("int64") + waits).tolist()))
-                last["start_ns"] = [int(ls) if isinstance(ls, str) else began.get(c, s) for c, s, ls in
-                                    zip(last["call_span_id"], last["start_ns"].tolist(), last["_last_start"].tolist())]
-            last["latency_s"] = (last["end_ns"] - last["start_ns"]) / 1e9
-        last = last.drop(columns="_last_start")
         frames = [f for f in (failed, last) if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else failed
         df["final"] = df["final"].astype(bool)
@@ -407,8 +395,9 @@ class TraceStore:
         return _ordered(df, "start_ns", "_rowid").drop(columns="_rowid")
 
     def steps(self, trace_id: str | Sequence[str] | None = None):
-        """One row per step span, with what the step did (permutation, kept, rank choice) and
-        the agents whose calls finally failed (dropped_failed)."""
+        """One row per step span, with what the step did (permutation, kept, rank_choice and
+        rank_parsed: whether the ranker's reply held a usable ranking) and the agents whose calls
+        finally failed (dropped_failed)."""
         where, params = self._where(trace_id, A.KIND_STEP)
         df = self.frame(f"""
             SELECT s.trace_id, s.span_id, s.step_index, s.step, (s.end_ns - s.start_ns) / 1e9 AS duration_s,
@@ -416,15 +405,16 @@ class TraceStore:
             FROM spans s WHERE {where} ORDER BY s.trace_id, s.step_index""", params)
         attrs = [json.loads(a or "{}") for a in df.pop("attributes")]
         for col, key in (("permutation", A.PERMUTATION), ("kept", A.KEPT), ("rank_choice", A.RANK_CHOICE),
-                         ("responses_in", A.RESPONSES_IN), ("responses_out", A.RESPONSES_OUT),
-                         ("dropped_failed", A.DROPPED_FAILED)):
+                         ("rank_parsed", A.RANK_PARSED), ("responses_in", A.RESPONSES_IN),
+                         ("responses_out", A.RESPONSES_OUT), ("dropped_failed", A.DROPPED_FAILED)):
             df[col] = [_maybe_json(a.get(key)) for a in attrs]
         return df
 
     def runs(self, trace_id: str | Sequence[str] | None = None):
         """One row per run: trace_id, span_id, pipeline (its name), seed, batch_id, batch_item,
-        start_ns, duration_s, calls (logical calls), calls_cached, input_tokens, output_tokens,
-        cost_usd (money paid: calls served from the store cost nothing), output, error.
+        batch_seed, query_hash (identifies the prompt across batches), start_ns, duration_s,
+        calls (logical calls), calls_cached, input_tokens, output_tokens, cost_usd (money paid:
+        calls served from the store cost nothing), output, error.
         ``trace_id`` (one id or a list) restricts it to those runs."""
         where, params = self._where(trace_id, A.KIND_RUN)
         df = self.frame(f"""
@@ -432,6 +422,8 @@ class TraceStore:
                    json_extract(r.attributes, '$."{A.SEED}"') AS seed,
                    json_extract(r.attributes, '$."{A.BATCH_ID}"') AS batch_id,
                    json_extract(r.attributes, '$."{A.BATCH_ITEM}"') AS batch_item,
+                   json_extract(r.attributes, '$."{A.BATCH_SEED}"') AS batch_seed,
+                   json_extract(r.attributes, '$."{A.QUERY}"') AS query_hash,
                    r.start_ns, (r.end_ns - r.start_ns) / 1e9 AS duration_s,
                    (SELECT count(*) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls,
                    (SELECT coalesce(sum(c.cached), 0) FROM spans c WHERE c.trace_id = r.trace_id AND c.kind='call') AS calls_cached,
@@ -442,6 +434,7 @@ class TraceStore:
                    t.text AS output, r.error
             FROM spans r LEFT JOIN texts t ON t.hash = r.output_hash
             WHERE {where.replace("s.", "r.")} ORDER BY r.start_ns""", params)
+        df["query_hash"] = [text_hash(q)[:16] if isinstance(q, str) else None for q in df["query_hash"]]
         return df
 
     def spans(self, trace_id: str | Sequence[str] | None = None):
@@ -491,8 +484,8 @@ class TraceStore:
 
     AGGREGATION_INPUT_COLUMNS = [
         "trace_id", "span_id", "step_index", "step", "agent", "position", "n_shown", "source_span_id",
-        "source_agent", "source_text", "shown_text", "randomized", "shuffle_step", "output", "error", "variant",
-        "batch_id", "item", "batch_seed", "query_hash"]
+        "source_agent", "source_text", "shown_text", "randomized", "shuffle_step", "output", "error", "pipeline",
+        "batch_id", "batch_item", "batch_seed", "query_hash"]
 
     def aggregation_inputs(self, trace_id: str | Sequence[str] | None = None):
         """One row per response shown to an aggregating call (Synthesize, Aggregate, Vote, Rank).
@@ -538,13 +531,15 @@ class TraceStore:
             sources_json, hashes_json, randomized, shuffle_step = shown.get(c.span_id, (None, None, None, None))
             sources = json.loads(sources_json or "null") or []
             hashes = json.loads(hashes_json) if hashes_json else None
+            mapped = False
             if randomized is None:  # recorded before moakit recorded it: from the run's steps
-                randomized, shuffle_step = derived.get((c.trace_id, c.step_index), (False, None))
+                randomized, shuffle_step, mapped = derived.get((c.trace_id, c.step_index), (False, None, False))
             name, bid, item, bseed, qh = design.get(c.trace_id, (None, None, None, None, None))
             for pos, src in enumerate(sources, start=1):
                 rows.append((c.trace_id, c.span_id, c.step_index, c.step, c.agent, pos, len(sources), src,
                              agent_by_span.get(src), out_by_span.get(src),
-                             texts.get(hashes[pos - 1]) if hashes and pos <= len(hashes) else None,
+                             (texts.get(hashes[pos - 1]) if pos <= len(hashes) else None) if hashes else
+                             (None if mapped else out_by_span.get(src)),
                              bool(randomized), shuffle_step, c.output, c.error, name, bid, item, bseed, qh))
         return pd.DataFrame(rows, columns=self.AGGREGATION_INPUT_COLUMNS)
 
@@ -556,23 +551,26 @@ class TraceStore:
             out.update(self.query(f"SELECT hash, text FROM texts WHERE hash IN ({', '.join('?' * len(chunk))})", chunk))
         return out
 
-    def _derived_order(self, traces: Sequence[str]) -> dict[tuple[str, int], tuple[bool, int | None]]:
-        """(trace, step index) -> (randomized, shuffle step) of the responses shown to that
-        step's calls, for files written before calls recorded it: Shuffle and Sample draw the
-        order; Dropout, Take, Filter and Map keep it; any other step makes a new list."""
-        out: dict[tuple[str, int], tuple[bool, int | None]] = {}
-        state: dict[str, tuple[bool, int | None]] = {}
+    def _derived_order(self, traces: Sequence[str]) -> dict[tuple[str, int], tuple[bool, int | None, bool]]:
+        """(trace, step index) -> (randomized, shuffle step, mapped) of the responses shown to that
+        step's calls, for files written before calls recorded them: Shuffle and Sample draw the
+        order; Dropout, Take, Filter and Map keep it; any other step makes a new list. ``mapped``:
+        a Map step rewrote the texts since they were produced (the shown text is then unknown)."""
+        out: dict[tuple[str, int], tuple[bool, int | None, bool]] = {}
+        state: dict[str, tuple[bool, int | None, bool]] = {}
         for i in range(0, len(traces), 500):
             chunk = list(traces[i:i + 500])
             for tid, idx, kind in self.query(f"""SELECT trace_id, step_index, step FROM spans WHERE kind = 'step'
                                                AND trace_id IN ({', '.join('?' * len(chunk))})
                                                ORDER BY trace_id, step_index""", chunk):
-                cur = state.get(tid, (False, None))
+                randomized, by, mapped = cur = state.get(tid, (False, None, False))
                 out[(tid, idx)] = cur  # what this step's calls were shown
                 if kind in ("Shuffle", "Sample"):
-                    state[tid] = (True, idx)
-                elif kind not in ("Dropout", "Take", "Filter", "Map"):
-                    state[tid] = (False, None)
+                    state[tid] = (True, idx, mapped)
+                elif kind == "Map":
+                    state[tid] = (randomized, by, True)
+                elif kind not in ("Dropout", "Take", "Filter"):
+                    state[tid] = (False, None, False)
         return out
 
     def search(self, text: str, *, limit: int = 50):
@@ -611,8 +609,9 @@ class TraceStore:
         """What a few calls were sent, for viewers that load content a page at a time:
         span id -> {"messages": [{"role", "content"}] (empty when content recording was off),
         "input_agents": agents behind the numbered responses shown, "temperature", "max_tokens",
-        "finish_reasons", "replayed_from" (the span a cached call was served from), "retry_wait_s" and
-        "retry_reason" (a retried attempt: the wait before the next one, "retry-after" or "backoff")}."""
+        "finish_reasons", "replayed_from" (the span a cached call was served from), "failed_attempts"
+        (the attempts before the last: attempt, error, wait_s and reason of the wait that followed,
+        "retry-after" or "backoff")}."""
         ids = list(span_ids)
         out: dict[str, dict[str, Any]] = {}
         for i in range(0, len(ids), 500):
@@ -628,8 +627,15 @@ class TraceStore:
                 out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
                                 "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
                                 "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
-                                "replayed_from": a.get("moakit.replayed_from"),
-                                "retry_wait_s": a.get(A.RETRY_WAIT), "retry_reason": a.get(A.RETRY_REASON)}
+                                "replayed_from": a.get(A.REPLAYED_FROM), "failed_attempts": []}
+            for parent, n, error, wait, reason in self.query(f"""
+                    SELECT parent_id, attempt, error, json_extract(attributes, '$."{A.RETRY_WAIT}"'),
+                           json_extract(attributes, '$."{A.RETRY_REASON}"')
+                    FROM spans WHERE kind = '{A.KIND_ATTEMPT}' AND parent_id IN ({', '.join('?' * len(chunk))})
+                    ORDER BY attempt""", chunk):
+                if parent in out:
+                    out[parent]["failed_attempts"].append({"attempt": n, "error": error, "wait_s": wait,
+                                                           "reason": reason})
         return out
 
     # ---- replay ----------------------------------------------------------------------------

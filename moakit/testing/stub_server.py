@@ -18,12 +18,13 @@ adaptive-concurrency tests and benchmark. Its count is ``fault_overload`` in ``/
 Besides these transient faults (drawn afresh for every attempt), ``--persistent-fault-rate``
 makes a share of *requests* fail on every attempt (503), chosen by a hash of the request's
 model and messages, so a retried request meets the same fault: that is how a call that
-finally fails is produced. Two model-name prefixes change the answer for tests:
+finally fails is produced. Model-name prefixes change the answer for tests:
 ``echo...`` replies with the last message's content verbatim (unicode and length round
 trips), ``inspect...`` with the request's body, headers and path as JSON (what a client sent on
 the wire), ``fault-<kind>`` meets that fault on every request (a kind of ``FAULTS``, a status
 code such as ``fault-429`` with a JSON error, ``fault-plain500``, ``fault-html``: a 200 whose body
-is an HTML page), ``leaky...`` answers 500 with an error message that echoes the request's
+is an HTML page), ``scripted-...`` answers as a scripted proposer or aggregator whose behaviour is known
+(:mod:`moakit.testing.scripted`), ``leaky...`` answers 500 with an error message that echoes the request's
 Authorization header and all its headers (a provider leaking the key back, for redaction tests).
 """
 
@@ -41,6 +42,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+
+from . import scripted
 
 FAULTS = ("429", "500", "503", "hang", "reset", "malformed", "empty")
 
@@ -131,6 +134,12 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
                 text = str(msgs[-1].get("content", ""))
             elif model.startswith("inspect"):  # what arrived: the body and the headers, as JSON
                 text = json.dumps({"body": body, "headers": dict(request.headers), "path": request.path})
+            elif model.startswith(scripted.PREFIX):
+                try:
+                    text = scripted.reply(body)
+                except ValueError as e:  # a misspelt behaviour: the caller's error, not retried
+                    return web.json_response({"error": {"message": str(e), "type": "invalid_request_error"}},
+                                             status=400)
             else:
                 text = answer_text(body)
             n_in = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])

@@ -131,3 +131,14 @@ class ChartView:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget()._repr_mimebundle_(**kwargs)
+
+
+def analysis_reading(df) -> str | None:
+    """The analysis' own reading of its result (``moakit.analysis.reading``), or
+    ``df.attrs["reading"]``: a reading is a courtesy, and a view of any frame still draws."""
+    try:
+        from ..analysis import reading
+
+        return reading(df)
+    except Exception:  # noqa: BLE001
+        return df.attrs.get("reading") if hasattr(df, "attrs") else None

@@ -245,7 +245,7 @@ class PipelineTree:
             for c in self._page_calls(int(s["step_index"])).itertuples():
                 out.append({"span_id": c.span_id, "step_index": int(c.step_index), "step": c.step,
                             "agent": c.agent, "label": self._labels[c.span_id], "model": c.model,
-                            "sample": _int(c.sample), "attempt": _int(c.attempt),
+                            "sample": _int(c.sample), "attempts": _int(c.attempts),
                             "input_tokens": _int(c.input_tokens), "output_tokens": _int(c.output_tokens),
                             "latency_s": _float(c.latency_s), "cost_usd": _float(c.cost_usd),
                             "cached": bool(c.cached), "error": c.error, "output": c.output})
@@ -306,8 +306,8 @@ class PipelineTree:
             badges = []
             if c.cached:
                 badges.append(f"<span style='{_CACHED}' title='served from the trace store'>cached</span>")
-            if (_int(c.attempt) or 1) > 1:
-                badges.append(f"<span style='color:{MUTED}'>attempt {_int(c.attempt)}</span>")
+            if (_int(c.attempts) or 1) > 1:
+                badges.append(f"<span style='color:{MUTED}'>{_int(c.attempts)} attempts</span>")
             body.append(
                 f"<tr class='moakit-call' style='{color}'>"
                 f"<td style='{_TD};white-space:nowrap'><b>{_e(c.agent)}</b></td><td style='{_TD};white-space:nowrap'>{_e(c.model)}</td>"
@@ -342,9 +342,11 @@ class PipelineTree:
             params.append(f"finish {', '.join(map(str, content['finish_reasons']))}")
         if content.get("replayed_from"):
             params.append(f"replayed from span {content['replayed_from']}")
-        if content.get("retry_wait_s") is not None:
-            why = "the provider's Retry-After" if content.get("retry_reason") == "retry-after" else "backoff"
-            params.append(f"retried after {content['retry_wait_s']:.2f} s ({why})")
+        for f in content.get("failed_attempts") or []:
+            why = "the provider's Retry-After" if f.get("reason") == "retry-after" else "backoff"
+            wait = f", retried after {f['wait_s']:.2f} s ({why})" if f.get("wait_s") is not None else ""
+            parts.append(f"<div style='color:{RED};font-size:11px'>attempt {f['attempt']} failed: "
+                         f"{_e(_short(f.get('error') or '', 160))}{wait}</div>")
         params.append(f"span {c.span_id}")
         if c.output is not None:
             parts.append(f"<div style='color:{MUTED}'>output</div><div style='{_PRE}'>"
