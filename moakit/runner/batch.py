@@ -38,6 +38,17 @@ def check_batch(pipeline, prompts) -> tuple[list, list]:
     return items, queries
 
 
+def plan_batch(pipeline, queries, store, cache, **plan):
+    """(the store, the cache store, the first prompt's plan). Planned before the first call:
+    pipeline, models and keys are the same for every prompt, so they are checked once; each item
+    then gets its query and RNG seed."""
+    check_store(store)
+    check_store(None if isinstance(cache, bool) else cache)
+    st = open_store(store)
+    cache_store = open_cache(cache, st)
+    return st, cache_store, plan_run(pipeline, queries[0], cache=cache_store, **plan)
+
+
 async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any = None, store: Any = None,
                      cache: Any = None, max_concurrency: int | None = None, offline: bool = False,
                      templates="together", max_tokens: int | None = None, per_model_concurrency: int | None = None,
@@ -53,14 +64,8 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
         item_indices = range(len(items))
     elif len(item_indices) != len(items):
         raise PipelineError(f"item_indices has {len(item_indices)} entries for {len(items)} prompts")
-    check_store(store)
-    check_store(None if isinstance(cache, bool) else cache)
-    st = open_store(store)
-    cache_store = open_cache(cache, st)
-    # planned before the first call: pipeline, models and keys are the same for every prompt, so
-    # they are checked once; each item gets its query and RNG seed
-    base = plan_run(pipeline, queries[0], seed=seed, models=models, templates=templates, max_tokens=max_tokens,
-                    cache=cache_store, offline=offline, name=name)
+    st, cache_store, base = plan_batch(pipeline, queries, store, cache, seed=seed, models=models, templates=templates,
+                                       max_tokens=max_tokens, offline=offline, name=name)
     plans = [dataclasses.replace(base, query=q, rng_seed=derived_seed(seed, f"item{i}") if seed is not None
                                  else secrets.randbits(31))
              for i, q in zip(item_indices, queries)]
@@ -144,12 +149,8 @@ async def arun_batch_ray(pipeline, prompts, *, shards=None, workers=None, shard_
     import pandas as pd
 
     items, queries = check_batch(pipeline, prompts)
-    check_store(store)
-    check_store(None if isinstance(cache, bool) else cache)
-    st = open_store(store)
-    cache_store = open_cache(cache, st)
-    base = plan_run(pipeline, queries[0], seed=seed, models=models, templates=templates, max_tokens=max_tokens,
-                    cache=cache_store, offline=offline, name=name)
+    st, cache_store, base = plan_batch(pipeline, queries, store, cache, seed=seed, models=models, templates=templates,
+                                       max_tokens=max_tokens, offline=offline, name=name)
     check_positive("max_concurrency", max_concurrency)
     make_session(st, cache_store, offline=offline, max_concurrency=max_concurrency, client_config=client_config,
                  specs=base.specs, per_model_concurrency=kwargs.get("per_model_concurrency"))  # (checks only)
