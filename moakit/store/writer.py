@@ -5,8 +5,11 @@ What must hold (tests/test_crash.py, tests/test_group_commit.py, tests/test_writ
 
 * A paid call's row is committed before the engine uses its answer: the caller awaits
   :meth:`Writer.committed`. The calls that end in the same event-loop turn share one
-  ``BEGIN IMMEDIATE`` transaction (a group commit), so a layer of fast calls costs one commit.
-* A failed attempt and the run row of a run that paid for something are committed at once
+  ``BEGIN IMMEDIATE`` transaction (a group commit), so a layer of fast calls costs one commit;
+  the transaction runs on the writer thread and the future resolves on the caller's loop only
+  once it has committed. The run row of a run that paid for something, ending normally, is
+  awaited the same way before the run returns.
+* A failed attempt (and the run row of a run leaving with an error) is committed at once
   (``durable=True``): a crash loses no call that was paid for.
 * Everything else (steps, calls served from the store, the run row of a replay) waits for the
   next commit: at the latest when ``run`` / ``run_batch`` returns (:meth:`Writer.flush`). A
