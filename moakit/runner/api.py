@@ -7,6 +7,7 @@ from typing import Any
 from .. import steps as S
 from ..errors import PipelineError
 from ..llm import Caller, ClientConfig
+from ..llm.caller import check_transport
 from ..prompts import TemplateSet
 from ..store.store import open_store
 from .engine import Runner, Session
@@ -17,13 +18,16 @@ from .result import Result
 
 
 def make_session(store, cache, *, offline=False, max_concurrency=None, per_model_concurrency=None,
-                 client_config=None, record_content=True, otel=None) -> Session:
-    """The caller, recorder and cache a run (or a batch's runs) share; arguments checked first."""
+                 client_config=None, record_content=True, otel=None, specs=None) -> Session:
+    """The caller, recorder and cache a run (or a batch's runs) share; arguments checked first
+    (``specs``: the run's models, checked against ``client_config.transport``)."""
     check_positive("max_concurrency", max_concurrency)
     check_positive("per_model_concurrency", per_model_concurrency)
     if client_config is not None and not isinstance(client_config, ClientConfig):
         raise PipelineError(f"client_config must be a moakit.ClientConfig, got {type(client_config).__name__}")
     cfg = client_config or ClientConfig()
+    if specs is not None and not offline:
+        check_transport(specs, cfg)
     caller = Caller(cfg, max_concurrency=16 if max_concurrency is None else max_concurrency,
                     per_model_concurrency=per_model_concurrency)
     return Session(caller, Recorder(store, otel=otel), store, cache=cache, offline=offline,
@@ -52,7 +56,7 @@ async def arun(pipeline, query, *, seed: int | None = None, models: Any = None, 
                     cache=cache_store, offline=offline, name=name, rng_seed=rng_seed)
     session = make_session(st, cache_store, offline=offline, max_concurrency=max_concurrency,
                            per_model_concurrency=per_model_concurrency, client_config=client_config,
-                           record_content=record_content, otel=otel)
+                           record_content=record_content, otel=otel, specs=plan.specs)
     try:
         return await Runner(plan, session).run()
     finally:

@@ -16,20 +16,15 @@ from ..store.store import open_store
 from .api import make_session
 from .engine import Runner
 from .loop import run_sync
-from .plan import check_store, normalize_query, open_cache, plan_run, prompt_list
+from .plan import check_positive, check_store, normalize_query, open_cache, plan_run, prompt_list
+from .ray_executor import plain, run_on_ray
 
 BATCH_COLUMNS = ["item", "prompt", "output", "trace_id", "cost_usd", "input_tokens", "output_tokens", "calls",
                  "attempts", "calls_paid", "calls_reused", "error"]
 
 
-async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any = None, store: Any = None,
-                     cache: Any = None, max_concurrency: int | None = None, offline: bool = False,
-                     templates="together", max_tokens: int | None = None, per_model_concurrency: int | None = None,
-                     client_config=None, progress: bool = True, name: str | None = None,
-                     record_content: bool = True, otel: Any = None):
-    """See :func:`run_batch`."""
-    import pandas as pd
-
+def check_batch(pipeline, prompts) -> tuple[list, list]:
+    """(the prompts as given, their queries): refused before anything else happens."""
     items = prompt_list(prompts)
     if not items:
         raise PipelineError("prompts is empty")
@@ -40,22 +35,45 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
             queries.append(normalize_query(q))
         except PipelineError as e:
             raise PipelineError(f"prompt {i}: {e}") from None
+    return items, queries
+
+
+def plan_batch(pipeline, queries, store, cache, **plan):
+    """(the store, the cache store, the first prompt's plan). Planned before the first call:
+    pipeline, models and keys are the same for every prompt, so they are checked once; each item
+    then gets its query and RNG seed."""
     check_store(store)
     check_store(None if isinstance(cache, bool) else cache)
     st = open_store(store)
     cache_store = open_cache(cache, st)
-    # planned before the first call: pipeline, models and keys are the same for every prompt, so
-    # they are checked once; each item gets its query and RNG seed
-    base = plan_run(pipeline, queries[0], seed=seed, models=models, templates=templates, max_tokens=max_tokens,
-                    cache=cache_store, offline=offline, name=name)
+    return st, cache_store, plan_run(pipeline, queries[0], cache=cache_store, **plan)
+
+
+async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any = None, store: Any = None,
+                     cache: Any = None, max_concurrency: int | None = None, offline: bool = False,
+                     templates="together", max_tokens: int | None = None, per_model_concurrency: int | None = None,
+                     client_config=None, progress: bool = True, name: str | None = None,
+                     record_content: bool = True, otel: Any = None, item_indices=None, batch_id: str | None = None):
+    """See :func:`run_batch`. ``item_indices`` and ``batch_id``: these prompts are part of a
+    larger batch (a shard run by the Ray executor): their item numbers in it (which also derive
+    each item's seed) and its id."""
+    import pandas as pd
+
+    items, queries = check_batch(pipeline, prompts)
+    if item_indices is None:
+        item_indices = range(len(items))
+    elif len(item_indices) != len(items):
+        raise PipelineError(f"item_indices has {len(item_indices)} entries for {len(items)} prompts")
+    st, cache_store, base = plan_batch(pipeline, queries, store, cache, seed=seed, models=models, templates=templates,
+                                       max_tokens=max_tokens, offline=offline, name=name)
     plans = [dataclasses.replace(base, query=q, rng_seed=derived_seed(seed, f"item{i}") if seed is not None
                                  else secrets.randbits(31))
-             for i, q in enumerate(queries)]
+             for i, q in zip(item_indices, queries)]
     cap = 16 if max_concurrency is None else max_concurrency
     session = make_session(st, cache_store, offline=offline, max_concurrency=cap,
                            per_model_concurrency=per_model_concurrency, client_config=client_config,
-                           record_content=record_content, otel=otel)
-    batch_id = uuid.uuid4().hex[:16]
+                           record_content=record_content, otel=otel, specs=base.specs)
+    batch_id = batch_id or uuid.uuid4().hex[:16]
     items_in_flight = asyncio.Semaphore(max(1, cap))
     bar = None
     if progress:
@@ -64,10 +82,11 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
         label = base.name or "pipeline"
         bar = tqdm(total=len(items), desc=f"moakit {label}", unit="prompt")
 
-    async def one(i: int, plan):
+    async def one(k: int, plan):
+        i = item_indices[k]
         async with items_in_flight:
             runner = Runner(plan, session)
-            row = {"item": i, "prompt": items[i], "output": None, "trace_id": None, "error": None}
+            row = {"item": i, "prompt": items[k], "output": None, "trace_id": None, "error": None}
             try:
                 res = await runner.run(batch_id=batch_id, batch_item=i, batch_seed=seed)
                 row.update(output=res.output, trace_id=res.trace_id, error=res.error)
@@ -82,7 +101,7 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
             return row
 
     try:
-        rows = await asyncio.gather(*(one(i, p) for i, p in enumerate(plans)))
+        rows = await asyncio.gather(*(one(k, p) for k, p in enumerate(plans)))
     finally:
         if bar is not None:
             bar.close()
@@ -92,7 +111,8 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
     return df
 
 
-def run_batch(pipeline, prompts, **kwargs):
+def run_batch(pipeline, prompts, *, executor: str = "local", shards: int | None = None, workers: int | None = None,
+              shard_dir=None, collect: bool = False, **kwargs):
     """Run ``pipeline`` over ``prompts`` (a list, or a DataFrame with a ``prompt`` /
     ``instruction`` column) and return a DataFrame: item, prompt, output, trace_id, cost_usd,
     input_tokens, output_tokens, calls (logical calls), attempts (made to providers), calls_paid,
@@ -100,5 +120,47 @@ def run_batch(pipeline, prompts, **kwargs):
 
     Takes the keyword arguments of :func:`moakit.run` plus ``progress`` (tqdm bar, default on).
     With ``cache=True`` (or a store), a rerun after an interruption pays only for the calls
-    that had not finished. A prompt whose aggregator fails gets ``error`` and no output."""
-    return run_sync(arun_batch(pipeline, prompts, **kwargs))
+    that had not finished. A prompt whose aggregator fails gets ``error`` and no output.
+
+    ``executor="ray"`` (needs ``pip install 'moakit[ray]'``) deals the prompts into ``shards``
+    Ray tasks (default: one per CPU of the cluster), each writing its own trace file; the files
+    are merged into ``store`` when all are done (see :mod:`moakit.runner.ray_executor`). The
+    calls, outputs and request keys are those of the same batch run in one process with the same
+    seed; ``max_concurrency`` is shared out among the tasks running at once. ``workers``: the
+    CPUs of the local Ray started when none is running; ``shard_dir``: a folder every node can
+    write (default: a temporary folder beside the store, removed after the merge);
+    ``collect=True``: the files come back through Ray's object store instead."""
+    if executor == "local":
+        if shards is not None or workers is not None or shard_dir is not None or collect:
+            raise PipelineError("shards, workers, shard_dir and collect go with executor='ray'")
+        return run_sync(arun_batch(pipeline, prompts, **kwargs))
+    if executor != "ray":
+        raise PipelineError(f"executor must be 'local' or 'ray', got {executor!r}")
+    return run_sync(arun_batch_ray(pipeline, prompts, shards=shards, workers=workers, shard_dir=shard_dir,
+                                   collect=collect, **kwargs))
+
+
+async def arun_batch_ray(pipeline, prompts, *, shards=None, workers=None, shard_dir=None, collect=False,
+                         seed: int | None = None, models: Any = None, store: Any = None, cache: Any = None,
+                         max_concurrency: int | None = None, offline: bool = False, templates="together",
+                         max_tokens: int | None = None, client_config=None, progress: bool = True,
+                         name: str | None = None, **kwargs):
+    """``run_batch(..., executor="ray")``: everything checked here, before any task starts."""
+    import pandas as pd
+
+    items, queries = check_batch(pipeline, prompts)
+    st, cache_store, base = plan_batch(pipeline, queries, store, cache, seed=seed, models=models, templates=templates,
+                                       max_tokens=max_tokens, offline=offline, name=name)
+    check_positive("max_concurrency", max_concurrency)
+    make_session(st, cache_store, offline=offline, max_concurrency=max_concurrency, client_config=client_config,
+                 specs=base.specs, per_model_concurrency=kwargs.get("per_model_concurrency"))  # (checks only)
+    shard_kwargs = dict(kwargs, seed=seed, models=models, cache=plain(st if cache is True else cache_store),
+                        offline=offline, templates=templates, max_tokens=max_tokens, client_config=client_config,
+                        name=base.name)
+    rows, batch_id = await asyncio.to_thread(
+        run_on_ray, arun_batch, pipeline, items, store=st, shards=shards, workers=workers, shard_dir=shard_dir,
+        collect=collect, max_concurrency=max_concurrency, kwargs=shard_kwargs)
+    df = pd.DataFrame(rows, columns=BATCH_COLUMNS)
+    df["prompt"] = items  # (as given: rows came back in item order)
+    df.attrs["batch_id"] = batch_id
+    return df

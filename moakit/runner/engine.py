@@ -23,7 +23,7 @@ from ..rank_parse import parse_rank
 from ..store.ids import span_id_hex, trace_id_hex
 from ..store.keys import derived_seed, messages_json, request_hash, request_key
 from ..store.records import AttemptRecord, CallRecord, RunRecord, StepRecord
-from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT
+from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT, RATE_WAIT, TRANSPORT
 from .plan import RunPlan, step_json
 from .recorder import Recorder
 from .result import Result
@@ -103,6 +103,19 @@ def run_context() -> tuple[str, str | None]:
     if ctx.is_valid:
         return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
     return trace_id_hex(), None
+
+
+def call_extra(o: Outcome) -> dict:
+    """A call's further span attributes: the transport that served it, the waits longer than a
+    millisecond (slots, per-minute budgets) and, for a retried call, when its last attempt started."""
+    extra = {TRANSPORT: o.transport}
+    if o.queue_s >= 1e-3:
+        extra[QUEUE_WAIT] = round(o.queue_s, 6)
+    if o.rate_s >= 1e-3:
+        extra[RATE_WAIT] = round(o.rate_s, 6)
+    if o.attempt > 1:
+        extra[LAST_ATTEMPT_START] = o.start_ns
+    return extra
 
 
 class Runner:
@@ -226,9 +239,7 @@ class Runner:
         t = self.totals
         t.calls += 1
         t.attempts += o.attempt
-        extra = {QUEUE_WAIT: round(o.queue_s, 6)} if o.queue_s >= 1e-3 else None
-        if o.attempt > 1:
-            extra = {**(extra or {}), LAST_ATTEMPT_START: o.start_ns}
+        extra = call_extra(o)
         if not o.ok:
             rec.failed(self.record(p, span_id=sid, start_ns=o.first_start_ns, end_ns=o.end_ns, attempts=o.attempt,
                                    error_type=o.error_type, error=o.error, extra=extra))
@@ -377,12 +388,17 @@ class Runner:
             raise
         finally:
             t = self.totals
-            rec.run(RunRecord(
+            record = RunRecord(
                 run_span, self.trace_id, start, time.time_ns(), plan.pipeline_json(), json.dumps(plan.query,
                                                                                                    ensure_ascii=False),
                 plan.rng_seed, plan.model_seed is not None, plan.tset.name, plan.models_json(), plan.name, parent,
-                plan.max_tokens, batch_id, batch_item, batch_seed, output, error_type, error, t.paid, t.reused),
-                durable=t.paid > 0 or (error_type is not None and error_type != "RunFailed"))
+                plan.max_tokens, batch_id, batch_item, batch_seed, output, error_type, error, t.paid, t.reused)
+            if t.paid > 0 and error_type in (None, "RunFailed"):
+                # a run that paid, ending normally: committed before it returns, in the group commit of the
+                # calls ending now (not a transaction of its own on the loop)
+                await rec.run_committed(record)
+            else:  # an error on its way out (committed now), or a run that paid nothing (next commit)
+                rec.run(record, durable=error_type is not None and error_type != "RunFailed")
         return Result(output=output, trace_id=self.trace_id, store=self.s.store, error=error,
                       responses=list(responses), seed=plan.rng_seed, calls_paid=self.totals.paid,
                       calls_reused=self.totals.reused, pipeline=plan.pipeline, query=plan.query)
