@@ -513,6 +513,28 @@ def _reference(reference, references, v: RunView | None, k: int):
     return refs[k] if k < len(refs) else reference
 
 
+def group_roots(roots: list[str]) -> list[str]:
+    """Root causes grouped by step: ``["step 0 Propose (6 calls: request)", "step 3 Shuffle (order)"]``."""
+    groups: dict[str, set] = {}
+    for r in roots:
+        words = r.split(" ")
+        where = " ".join(words[:3])
+        tail = r[r.rfind("(") + 1:-1] if r.endswith(")") else ""
+        key = f"{where} ({tail})" if len(words) <= 4 else where + f"|{tail}"  # a step, or calls of a step
+        groups.setdefault(key, set()).add(r)
+    named = []
+    for g, members in groups.items():
+        if "|" in g:
+            where, tail = g.split("|", 1)
+            if len(members) == 1:
+                named.append(next(iter(members)))
+            else:
+                named.append(f"{where} ({len(members)} calls: {tail})")
+        else:
+            named.append(g)
+    return named
+
+
 def diff_summary(df) -> str:
     """The statuses counted, and the roots of the changes, in a sentence."""
     if df is None or not len(df):
@@ -521,21 +543,7 @@ def diff_summary(df) -> str:
     parts = [f"{int(counts.get(s, 0))} {s}" for s in STATUSES if counts.get(s, 0)]
     runs = df.attrs.get("runs")
     head = f"{len(df)} calls" + (f" in {len(runs)} pairs of runs" if runs is not None and len(runs) > 1 else "")
-    # the roots grouped by step: "step 0 Propose (6 calls: request)", "step 3 Shuffle (order)"
-    groups: dict[str, set] = {}
-    for rs in df.loc[df["status"] != "same", "root_cause"]:
-        for r in rs:
-            words = r.split(" ")
-            where = " ".join(words[:3])
-            tail = r[r.rfind("(") + 1:-1] if r.endswith(")") else ""
-            groups.setdefault(f"{where} ({tail})" if len(words) <= 4 else where + f"|{tail}", set()).add(r)
-    named = []
-    for g, members in groups.items():
-        if "|" in g:
-            where, tail = g.split("|", 1)
-            named.append(f"{where} ({len(members)} call{'s' if len(members) > 1 else ''}: {tail})")
-        else:
-            named.append(g)
+    named = group_roots([r for rs in df.loc[df["status"] != "same", "root_cause"] for r in rs])
     why = ("; the changes begin at " + ", ".join(named)) if named else ""
     return f"{head}: " + ", ".join(parts) + why
 
