@@ -100,6 +100,7 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
         session.recorder.flush()  # rows still waiting (replayed runs ride in the next commit): written now
     df = pd.DataFrame(rows, columns=BATCH_COLUMNS)
     df.attrs["batch_id"] = batch_id
+    df.attrs["store"] = str(st.path)  # where its traces are (moakit.diff finds them there)
     if estimate:
         df.attrs["estimate"] = shown
     stopped = df["error"].fillna("").str.startswith(BudgetExceeded.__name__)

@@ -452,9 +452,12 @@ def diff(a, b, *, store: Any = None, scorer: Callable | None = None, reference: 
     """
     import pandas as pd
 
-    if store is None:
-        store = getattr(a, "store", None) if hasattr(a, "trace_id") and not hasattr(a, "columns") else None
-        store = store or (getattr(b, "store", None) if hasattr(b, "trace_id") and not hasattr(b, "columns") else None)
+    if store is None:  # a Result's own store, or the file a run_batch DataFrame was recorded to
+        for x in (a, b):
+            if hasattr(x, "columns"):
+                store = store or getattr(x, "attrs", {}).get("store")
+            elif hasattr(x, "trace_id"):
+                store = store or getattr(x, "store", None)
     st = open_store(store, create=False) if store is not None else open_store(None)
     if scorer is not None and not callable(scorer):
         raise DiffError(f"scorer must be a callable scorer(output, reference), got {type(scorer).__name__}")
