@@ -34,8 +34,10 @@ STATUS_COLORS = {  # (text, background) of each status
     "only in a": ("#b71c1c", "#fde7e7"),
     "only in b": ("#1b5e20", "#e6f4ea"),
 }
-FONT = "font-family:var(--jp-ui-font-family, sans-serif);font-size:12px;line-height:1.4"
+# JupyterLab's rendered-HTML styles right-align table cells: every cell says left
+FONT = "font-family:var(--jp-ui-font-family, sans-serif);font-size:12px;line-height:1.4;text-align:left"
 BORDER = "var(--jp-border-color2, #ddd)"
+TD = f"vertical-align:top;text-align:left;border-bottom:1px solid {BORDER};padding:2px 4px"
 MUTED = "var(--jp-ui-font-color2, #666)"
 PRE = ("white-space:pre-wrap;word-break:break-word;margin:2px 0 4px 0;padding:3px 5px;font-size:11.5px;"
        "background:var(--jp-layout-color2, #f6f6f6);border-radius:3px;max-height:20em;overflow:auto;"
@@ -43,7 +45,8 @@ PRE = ("white-space:pre-wrap;word-break:break-word;margin:2px 0 4px 0;padding:3p
 
 
 def esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v))
+    """HTML-escaped text; ``$`` too (``&#36;``) so that no notebook renders "$0 -> $5" as TeX."""
+    return html.escape("" if v is None else str(v)).replace("$", "&#36;")
 
 
 def num(v) -> float | None:
@@ -58,7 +61,7 @@ def money(v) -> str:
     v = num(v)
     if v is None:
         return "–"
-    return "$0" if v == 0 else (f"${v:.5f}" if abs(v) < 0.01 else f"${v:.4f}")
+    return "&#36;0" if v == 0 else (f"&#36;{v:.5f}" if abs(v) < 0.01 else f"&#36;{v:.4f}")
 
 
 def badge(status: str) -> str:
@@ -188,7 +191,8 @@ class DiffView:
     def render(self) -> str:
         counts = self.df["status"].value_counts()
         legend = " ".join(f"{badge(s)} {int(counts.get(s, 0))}" for s in STATUS_COLORS)
-        parts = [f"<div class='moakit-diff' style='{FONT}'>",
+        # tex2jax_ignore / mathjax_ignore: JupyterLab typesets $...$ in HTML outputs unless told not to
+        parts = [f"<div class='moakit-diff tex2jax_ignore mathjax_ignore' style='{FONT}'>",
                  f"<div style='margin-bottom:6px'><b>moakit diff</b> · {esc(self.summary)}</div>",
                  f"<div style='margin-bottom:6px'>{legend}</div>"]
         groups = list(self._groups())
@@ -223,10 +227,8 @@ class DiffView:
         for sa, sb, calls, changed in self._aligned(ta, tb, rows):
             bg = "background:#fffbe6;" if changed else ""
             trs.append(f"<tr class='moakit-diff-step' data-changed='{'1' if changed else '0'}' style='{bg}'>"
-                       f"<td style='vertical-align:top;border-bottom:1px solid {BORDER};padding:2px 4px'>"
-                       f"{self.side_html(sa, sb, calls, changed, 'a')}</td>"
-                       f"<td style='vertical-align:top;border-bottom:1px solid {BORDER};padding:2px 4px'>"
-                       f"{self.side_html(sb, sa, calls, changed, 'b')}</td></tr>")
+                       f"<td style='{TD}'>{self.side_html(sa, sb, calls, changed, 'a')}</td>"
+                       f"<td style='{TD}'>{self.side_html(sb, sa, calls, changed, 'b')}</td></tr>")
         return (f"{head}<table class='moakit-diff-runs' style='width:100%;table-layout:fixed;border-collapse:collapse'>"
                 f"{cols}{''.join(trs)}</table>")
 
@@ -257,7 +259,7 @@ class DiffView:
         present = r[f"span_id_{side}"] is not None and r[f"span_id_{side}"] == r[f"span_id_{side}"]
         if not present:
             return (f"<tr class='moakit-diff-call' data-status='{esc(status)}'><td style='color:{MUTED};"
-                    f"font-style:italic;padding:1px 4px'>{esc(r['agent'])}#{r['sample']}: not in this run</td></tr>")
+                    f"font-style:italic;padding:1px 4px;text-align:left'>{esc(r['agent'])}#{r['sample']}: not in this run</td></tr>")
         cached = " <span style='color:#2e7d32;font-size:11px'>cached</span>" if r[f"cached_{side}"] else ""
         tok_in, tok_out = num(r[f"input_tokens_{side}"]), num(r[f"output_tokens_{side}"])
         tokens = f"{'–' if tok_in is None else int(tok_in)}→{'–' if tok_out is None else int(tok_out)} tok"
@@ -286,7 +288,7 @@ class DiffView:
             out = r[f"output_{side}"] or ""
             detail = f"<div style='color:{MUTED}'>{esc(out[:200])}{'…' if len(out) > 200 else ''}</div>"
         return (f"<tr class='moakit-diff-call' data-status='{esc(status)}' style='background:{bg}'>"
-                f"<td style='padding:1px 4px;border-left:3px solid {fg}'>{line}{detail}</td></tr>")
+                f"<td style='padding:1px 4px;text-align:left;border-left:3px solid {fg}'>{line}{detail}</td></tr>")
 
     # ---- display ----------------------------------------------------------------------------
     def _repr_mimebundle_(self, include=None, exclude=None):
