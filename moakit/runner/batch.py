@@ -9,11 +9,12 @@ import secrets
 import uuid
 from typing import Any
 
-from ..errors import MoakitError, PipelineError
+from ..errors import BudgetExceeded, MoakitError, PipelineError
 from ..steps import validate_pipeline
 from ..store.keys import derived_seed
 from ..store.store import open_store
 from .api import make_session
+from .budget import Budget, make_budget
 from .engine import Runner
 from .loop import run_sync
 from .plan import check_positive, check_store, normalize_query, open_cache, plan_run, prompt_list
@@ -53,12 +54,15 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
                      cache: Any = None, max_concurrency: int | None = None, offline: bool = False,
                      templates="together", max_tokens: int | None = None, per_model_concurrency: int | None = None,
                      client_config=None, progress: bool = True, name: str | None = None,
-                     record_content: bool = True, otel: Any = None, item_indices=None, batch_id: str | None = None):
+                     record_content: bool = True, otel: Any = None, budget_usd: float | None = None,
+                     max_paid_calls: int | None = None, budget: Budget | None = None, estimate: bool = False,
+                     item_indices=None, batch_id: str | None = None):
     """See :func:`run_batch`. ``item_indices`` and ``batch_id``: these prompts are part of a
     larger batch (a shard run by the Ray executor): their item numbers in it (which also derive
     each item's seed) and its id."""
     import pandas as pd
 
+    budget = make_budget(budget_usd, max_paid_calls, budget)
     items, queries = check_batch(pipeline, prompts)
     if item_indices is None:
         item_indices = range(len(items))
@@ -66,13 +70,20 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
         raise PipelineError(f"item_indices has {len(item_indices)} entries for {len(items)} prompts")
     st, cache_store, base = plan_batch(pipeline, queries, store, cache, seed=seed, models=models, templates=templates,
                                        max_tokens=max_tokens, offline=offline, name=name)
+    if budget is not None and not offline:
+        budget.check_models(base.specs)  # an unpriced model under budget_usd: refused before any call
+    if estimate:  # the bill before paying it: shown, and kept on the result
+        from .estimate import ashow_estimate
+
+        shown = await ashow_estimate(base.pipeline, queries, seed=seed, models=models, cache=cache_store,
+                                     max_tokens=max_tokens, templates=templates, name=base.name)
     plans = [dataclasses.replace(base, query=q, rng_seed=derived_seed(seed, f"item{i}") if seed is not None
                                  else secrets.randbits(31))
              for i, q in zip(item_indices, queries)]
     cap = 16 if max_concurrency is None else max_concurrency
     session = make_session(st, cache_store, offline=offline, max_concurrency=cap,
                            per_model_concurrency=per_model_concurrency, client_config=client_config,
-                           record_content=record_content, otel=otel, specs=base.specs)
+                           record_content=record_content, otel=otel, specs=base.specs, budget=budget)
     batch_id = batch_id or uuid.uuid4().hex[:16]
     items_in_flight = asyncio.Semaphore(max(1, cap))
     bar = None
@@ -108,7 +119,31 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
         session.recorder.flush()  # rows still waiting (replayed runs ride in the next commit): written now
     df = pd.DataFrame(rows, columns=BATCH_COLUMNS)
     df.attrs["batch_id"] = batch_id
+    df.attrs["store"] = str(st.path)  # where its traces are (moakit.diff finds them there)
+    if estimate:
+        df.attrs["estimate"] = shown
+    stopped = df["error"].fillna("").str.startswith(BudgetExceeded.__name__)
+    if budget is not None and stopped.any():
+        raise budget.exceeded(f"{budget.stopped}. Of {len(df)} prompts, {batch_progress(df, stopped)}",
+                              partial=df, trace_ids=[t for t in df.loc[stopped, "trace_id"] if t])
     return df
+
+
+def batch_progress(df, stopped) -> str:
+    """What finished and what the budget stopped, in a batch's rows."""
+    done = df["error"].isna() & ~stopped
+    failed = ~done & ~stopped
+
+    def items(mask):
+        idx = list(df.loc[mask, "item"])
+        return ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+
+    parts = [f"{int(done.sum())} finished" + (f" (items {items(done)})" if done.any() else ""),
+             f"{int(stopped.sum())} stopped by the budget (items {items(stopped)}; their calls that were paid "
+             "are recorded)"]
+    if failed.any():
+        parts.append(f"{int(failed.sum())} failed otherwise (items {items(failed)})")
+    return "; ".join(parts) + f"; ${float(df['cost_usd'].fillna(0).sum()):.6f} paid by this batch"
 
 
 def run_batch(pipeline, prompts, *, executor: str = "local", shards: int | None = None, workers: int | None = None,
@@ -121,6 +156,16 @@ def run_batch(pipeline, prompts, *, executor: str = "local", shards: int | None 
     Takes the keyword arguments of :func:`moakit.run` plus ``progress`` (tqdm bar, default on).
     With ``cache=True`` (or a store), a rerun after an interruption pays only for the calls
     that had not finished. A prompt whose aggregator fails gets ``error`` and no output.
+
+    ``estimate=True`` shows :func:`moakit.estimate`'s table (calls paid and reused, tokens,
+    dollars per step and agent) before the first call, and keeps it in ``df.attrs["estimate"]``.
+
+    ``budget_usd`` / ``max_paid_calls`` (or a shared ``budget=``): no call starts that could take
+    the batch past them (see :mod:`moakit.runner.budget`). When one is refused the batch stops
+    cleanly (calls in flight finish and are recorded, nothing new starts) and raises
+    :class:`moakit.BudgetExceeded` saying what finished; ``e.partial`` is this DataFrame, with
+    ``error`` set on the prompts that were stopped. Run it again with ``cache=True`` and a larger
+    budget: it pays only for the rest.
 
     ``executor="ray"`` (needs ``pip install 'moakit[ray]'``) deals the prompts into ``shards``
     Ray tasks (default: one per CPU of the cluster), each writing its own trace file; the files
@@ -136,6 +181,10 @@ def run_batch(pipeline, prompts, *, executor: str = "local", shards: int | None 
         return run_sync(arun_batch(pipeline, prompts, **kwargs))
     if executor != "ray":
         raise PipelineError(f"executor must be 'local' or 'ray', got {executor!r}")
+    given = [k for k in ("budget_usd", "max_paid_calls", "budget", "estimate") if kwargs.get(k) not in (None, False)]
+    if given:  # one budget shared by shards on several machines is not built: refuse, never overspend
+        raise PipelineError(f"{', '.join(given)} not supported with executor='ray' (run the batch locally, "
+                            "or estimate it first with moakit.estimate)")
     return run_sync(arun_batch_ray(pipeline, prompts, shards=shards, workers=workers, shard_dir=shard_dir,
                                    collect=collect, **kwargs))
 

@@ -55,6 +55,7 @@ class Session:
     cache: Any = None  # a TraceStore whose recorded calls are served
     offline: bool = False  # with cache: a call not in it raises ReplayMiss
     record_content: bool = True
+    budget: Any = None  # a runner.budget.Budget: calls reserved before they start (budget_usd, max_paid_calls)
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ class CallPlan:
     step_index: int
     step_kind: str
     shown: Sequence[Response] = ()
+    reserved: float = 0.0  # the worst case held for it in the session's budget until it ends
 
 
 @dataclass
@@ -184,6 +186,11 @@ class Runner:
                     todo.append(i)
                 else:
                     results[i] = self.replayed(p, hit)
+        if todo and s.budget is not None and not s.offline:
+            # the layer's calls are reserved together before any starts: all fit or none starts
+            priced = [i for i in todo if not plans[i].request.spec.is_recorded]
+            for i, w in zip(priced, await s.budget.reserve([plans[i] for i in priced], self.trace_id)):
+                plans[i].reserved = w
         if len(todo) == 1:
             results[todo[0]] = await self.paid(plans[todo[0]])
         elif todo:
@@ -230,12 +237,17 @@ class Runner:
                                       o.wait_s, o.wait_reason))
 
         start = time.time_ns()
+        cost = None  # what the budget is told it cost (None: unknown, its worst case counts)
         try:
             o = await s.caller.call(p.request, on_attempt)
+            cost = (o.cost_usd if o.ok else 0.0)  # a call that finally failed gave no answer to bill
         except asyncio.CancelledError:
             rec.failed(self.record(p, span_id=sid, start_ns=start, end_ns=time.time_ns(), error_type="cancelled",
                                    error="the run was cancelled while this call was in flight", attempts=1))
             raise
+        finally:
+            if s.budget is not None and not s.offline and not spec.is_recorded:
+                s.budget.settle(p.reserved, cost)
         t = self.totals
         t.calls += 1
         t.attempts += o.attempt

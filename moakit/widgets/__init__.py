@@ -5,6 +5,8 @@
 * :class:`~moakit.widgets.bias.BiasView`: a positional-bias DataFrame drawn with its intervals.
 * :class:`~moakit.widgets.ablation.AblationView`: an ablation DataFrame: score with intervals,
   tokens, cost, calls paid and reused.
+* :class:`~moakit.widgets.diff.DiffView`: two runs (or batches) side by side, call by call,
+  changes highlighted with their causes (:func:`moakit.diff`); static HTML.
 
 All are built from stock ipywidgets (HTML, VBox, HBox, Accordion), so a saved notebook shows them
 without a kernel. See ``docs/widgets.md``.
@@ -13,7 +15,7 @@ without a kernel. See ``docs/widgets.md``.
 from __future__ import annotations
 
 _LAZY = {"PipelineTree": "tree", "BatchView": "tree", "BiasView": "bias", "AblationView": "ablation",
-         "ImpactView": "ablation"}
+         "ImpactView": "ablation", "DiffView": "diff"}
 
 __all__ = ["show", "show_result", "view", *_LAZY]
 
