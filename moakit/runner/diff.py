@@ -40,14 +40,13 @@ are given for both sides with their deltas (b - a).
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections import defaultdict
 from typing import Any, Callable
 
 from ..errors import MoakitError
 from ..store import schema as A
-from ..store.store import open_store
+from ..store.store import maybe_json, open_store
 
 LLM_STEPS = ("Propose", "Synthesize", "Aggregate", "Refine", "Rank", "Vote")
 SELECTION_STEPS = ("Dropout", "Sample", "Take", "Filter", "Rank")
@@ -67,15 +66,6 @@ class DiffError(MoakitError, LookupError):
 
 
 # ---- reading one run ---------------------------------------------------------------------------
-def _json(v):
-    if isinstance(v, str) and v[:1] in "[{":
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
-
-
 def _num(v) -> float:
     try:
         f = float(v)
@@ -108,7 +98,7 @@ class RunView:
             content = contents.get(c["span_id"], {})
             c.update(
                 occurrence=occ, llm_step=self.ordinal.get(int(c["step_index"]), -1),
-                sources=_json(a.get(A.INPUT_SOURCES)) or [], hashes=_json(a.get(A.INPUT_HASHES)) or [],
+                sources=maybe_json(a.get(A.INPUT_SOURCES)) or [], hashes=maybe_json(a.get(A.INPUT_HASHES)) or [],
                 shuffle_step=a.get(A.INPUT_SHUFFLE_STEP), seed=a.get(A.REQUEST_SEED),
                 temperature=a.get(A.REQUEST_TEMPERATURE), max_tokens=a.get(A.REQUEST_MAX_TOKENS),
                 messages=content.get("messages") or [])
@@ -509,7 +499,7 @@ def _reference(reference, references, v: RunView | None, k: int):
     if references is None:
         return reference
     if isinstance(references, dict):
-        q = _json(v.query) if v is not None else None
+        q = maybe_json(v.query) if v is not None else None
         text = q[-1].get("content") if isinstance(q, list) and q and isinstance(q[-1], dict) else q
         return references.get(text, reference)
     refs = list(references)

@@ -407,7 +407,7 @@ class TraceStore:
         for col, key in (("permutation", A.PERMUTATION), ("kept", A.KEPT), ("rank_choice", A.RANK_CHOICE),
                          ("rank_parsed", A.RANK_PARSED), ("responses_in", A.RESPONSES_IN),
                          ("responses_out", A.RESPONSES_OUT), ("dropped_failed", A.DROPPED_FAILED)):
-            df[col] = [_maybe_json(a.get(key)) for a in attrs]
+            df[col] = [maybe_json(a.get(key)) for a in attrs]
         return df
 
     def runs(self, trace_id: str | Sequence[str] | None = None):
@@ -624,7 +624,7 @@ class TraceStore:
                 msgs = [{"role": "system", "content": parts_text(system)}] if system else []
                 for m in json.loads(inp or "[]"):
                     msgs.append({"role": m.get("role"), "content": parts_text(m.get("parts", m.get("content")))})
-                out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
+                out[span_id] = {"messages": msgs, "input_agents": maybe_json(a.get(A.INPUT_AGENTS)) or [],
                                 "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
                                 "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
                                 "replayed_from": a.get(A.REPLAYED_FROM), "failed_attempts": []}
@@ -858,7 +858,8 @@ def _ordered(df, *columns: str):
     return df.take(order).reset_index(drop=True)
 
 
-def _maybe_json(v):
+def maybe_json(v):
+    """A JSON array or object stored as text, decoded; anything else as it is."""
     if isinstance(v, str) and v[:1] in "[{":
         try:
             return json.loads(v)
