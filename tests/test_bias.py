@@ -21,16 +21,9 @@ from conftest import ALPACA, needs_alpaca
 
 import moakit
 from moakit import Aggregate, Dropout, Map, Propose, Rank, Sample, Shuffle, Synthesize
-from moakit.testing.stub_server import StubServer
 
 PROMPTS = [f"stub question {i}" for i in range(80)]
 PROPOSE = Propose(["a", "b", "c", "d"])
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
 
 
 def scripted(stub, *, d="scripted-propose-12@d", **aggregators):

@@ -16,17 +16,10 @@ import moakit
 from moakit import Dropout, Shuffle
 from moakit.pipelines import together_moa
 from moakit.runner.diff import DIFF_COLUMNS, DiffError, diff_text, text_diff
-from moakit.testing.stub_server import StubServer
 from moakit.widgets import DiffView
 
 QUERY = "What is a mixture of agents?"
 SHUFFLED = [*together_moa[:-1], Shuffle(), together_moa[-1]]
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import pytest
 import moakit
 from moakit import pipelines as P
 from moakit.steps import pipeline_to_json, validate_pipeline
-from moakit.testing.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "Why do mixtures of agents help?"
@@ -41,12 +40,6 @@ def page_code() -> dict:
     ns: dict = {}
     exec(compile(src, "mixture-llm-pipelines-page", "exec"), ns)
     return ns
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
 
 
 @pytest.fixture

@@ -9,18 +9,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 
 import moakit
 from moakit import Aggregate, Map, Propose, Shuffle, Synthesize
 from moakit.store import schema as A
 from moakit.testing.stub_server import StubServer
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
 
 
 def _models(stub, agents):
