@@ -26,7 +26,7 @@ PROMPTS = [
 
 def run(quick: bool) -> CaseResult:
     import moakit
-    from moakit import local
+    from moakit.llm import local
     from moakit.steps import Propose
     from moakit.store.store import TraceStore
 

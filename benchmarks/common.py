@@ -256,3 +256,38 @@ def digest(texts: Sequence[str | None]) -> str:
         h.update((t or "\x00").encode())
         h.update(b"\x01")
     return h.hexdigest()[:16]
+
+
+def aiohttp_client(api_base: str, semaphore: asyncio.Semaphore | None = None):
+    """The ceiling a Python client reaches here: one pooled aiohttp session, the request as plain
+    JSON, the answer's JSON read as a dict; nothing else. Same signature as :func:`litellm_client`.
+    Call ``client.close()`` (a coroutine) when done."""
+    import aiohttp
+
+    state: dict = {}
+    url = api_base.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {STUB_KEY}", "Content-Type": "application/json"}
+
+    async def client(*, model, messages, temp, max_tokens):
+        s = state.get("session")
+        if s is None:
+            s = state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        body = json.dumps({"model": model, "messages": messages, "temperature": temp, "max_tokens": max_tokens})
+
+        async def call():
+            async with s.post(url, data=body, headers=headers) as r:
+                return json.loads(await r.read())
+        if semaphore is None:
+            data = await call()
+        else:
+            async with semaphore:
+                data = await call()
+        u = data["usage"]
+        return data["choices"][0]["message"]["content"], u["prompt_tokens"], u["completion_tokens"]
+
+    async def close():
+        if state.get("session") is not None:
+            await state.pop("session").close()
+
+    client.close = close
+    return client

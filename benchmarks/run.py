@@ -30,10 +30,11 @@ from .common import CaseResult, Row  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "B1": "b1_critical_path", "B2": "b2_overhead", "B3": "b3_batch", "B4": "b4_replay",
-    "B5": "b5_store", "B6": "b6_local", "B7": "b7_startup", "B8": "b8_views",
+    "B5": "b5_store", "B6": "b6_local", "B7": "b7_startup", "B8": "b8_ray", "B9": "b9_overload",
+    "B10": "b10_views",
 }
 PACKAGES = ["moakit", "mixture-llm", "litellm", "llama_cpp_python", "opentelemetry-sdk", "pandas", "aiohttp",
-            "pyarrow"]
+            "pyarrow", "ray"]
 
 
 def machine() -> dict:
@@ -166,8 +167,27 @@ def text_table(results: list[CaseResult]) -> str:
     return "\n".join("  ".join(str(v)[:w].ljust(w) for v, w in zip(row, widths)) for row in rows)
 
 
+def write_section(path: Path, title: str, report: str, command: str) -> str:
+    """The file at ``path`` with its section ``## title`` replaced by ``report`` (its own
+    headings demoted one level), or the section added at the end."""
+    body = [f"## {title}", "", f"Written by `{command}`; the rest of this file is left as it was.", ""]
+    for line in report.splitlines():
+        if line.startswith("# "):
+            continue
+        body.append("#" + line if line.startswith("## ") else line)
+    section = "\n".join(body).rstrip() + "\n"
+    text = path.read_text() if path.exists() else ""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip("\n") == f"## {title}"), None)
+    if start is None:
+        return (text.rstrip() + "\n\n" if text.strip() else "") + section
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    rest = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + rest if rest else "")
+
+
 def markdown(results: list[CaseResult], info: dict, mode: str, started: str, load_before: str, load_after: str,
-             total_s: float) -> str:
+             total_s: float, with_notes: bool = True) -> str:
     v = info["versions"]
     out = [
         "# moakit benchmarks",
@@ -204,13 +224,14 @@ def markdown(results: list[CaseResult], info: dict, mode: str, started: str, loa
         out.append(f"- **{res.case}** {res.title} ({res.seconds:.0f} s). " + " ".join(
             n for n in res.notes if not n.startswith("Traceback")))
     notes = Path(__file__).with_name("NOTES.md")
-    if notes.exists():
+    if with_notes and notes.exists():
         out += ["", notes.read_text().strip()]
     return "\n".join(out) + "\n"
 
 
-def render(json_path: str, output: str) -> int:
-    """Rewrite the markdown from the raw figures of an earlier run (e.g. after editing NOTES.md)."""
+def render(json_path: str, output: str, section: str | None = None) -> int:
+    """Rewrite the markdown from the raw figures of an earlier run (e.g. after editing NOTES.md);
+    with ``section``, as that section of ``output``."""
     raw = json.loads(Path(json_path).read_text())
     results = []
     for c in raw["cases"]:
@@ -218,8 +239,13 @@ def render(json_path: str, output: str) -> int:
         res.rows = [Row(**r) for r in c["rows"]]
         results.append(res)
     load_before, load_after = raw.get("load", ["unknown", "unknown"])
-    Path(output).write_text(markdown(results, raw["machine"], raw["mode"], raw["started"], load_before, load_after,
-                                     raw.get("total_s", sum(r.seconds for r in results))))
+    md = markdown(results, raw["machine"], raw["mode"], raw["started"], load_before, load_after,
+                  raw.get("total_s", sum(r.seconds for r in results)), with_notes=section is None)
+    if section:
+        cases = ",".join(r.case for r in results)
+        md = write_section(Path(output), section, md, f"python -m benchmarks.run --{raw['mode']} --only {cases} "
+                                                      f"--section {section!r}")
+    Path(output).write_text(md)
     print(f"wrote {output}")
     return 0
 
@@ -232,10 +258,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated cases, e.g. B1,B4")
     ap.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md at the repo root in full mode)")
     ap.add_argument("--json", help="also write the raw figures as JSON here")
+    ap.add_argument("--section", metavar="TITLE",
+                    help="write the report as the section '## TITLE' of the output file (replacing that section, "
+                         "leaving the rest of the file as it is) instead of as the whole file")
     ap.add_argument("--render", metavar="JSON", help="write the markdown again from a --json file (no run)")
     a = ap.parse_args(argv)
     if a.render:
-        return render(a.render, a.output or str(ROOT / "BENCHMARKS.md"))
+        return render(a.render, a.output or str(ROOT / "BENCHMARKS.md"), a.section)
     quick = bool(a.quick)
     names = [n.strip().upper() for n in a.only.split(",")] if a.only else list(CASES)
     unknown = [n for n in names if n not in CASES]
@@ -255,9 +284,15 @@ def main(argv=None) -> int:
     print(text_table(results))
     output = a.output or (None if quick else str(ROOT / "BENCHMARKS.md"))
     if output:
-        Path(output).write_text(markdown(results, info, "quick" if quick else "full", started, load_before, load(),
-                                         total))
-        print(f"\nwrote {output}")
+        md = markdown(results, info, "quick" if quick else "full", started, load_before, load(), total,
+                      with_notes=not a.section)
+        if a.section:
+            md = write_section(Path(output), a.section, md, " ".join(["python -m benchmarks.run",
+                                                                      "--quick" if quick else "--full",
+                                                                      *(["--only", a.only] if a.only else []),
+                                                                      "--section", repr(a.section)]))
+        Path(output).write_text(md)
+        print(f"\nwrote {output}" + (f" (section {a.section!r})" if a.section else ""))
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": info, "mode": "quick" if quick else "full", "started": started,
                                             "load": [load_before, load()], "total_s": total,

@@ -23,6 +23,8 @@ _EXPORTS = {
     "run": "moakit.runner", "arun": "moakit.runner", "Result": "moakit.runner",
     "run_batch": "moakit.runner", "arun_batch": "moakit.runner",
     "replay": "moakit.runner",
+    "diff": "moakit.runner.diff", "estimate": "moakit.runner.estimate", "Budget": "moakit.runner.budget",
+    "mixture_client": "moakit.runner.mixture_client", "BudgetExceeded": "moakit.errors",
     "TraceStore": "moakit.store", "open_store": "moakit.store", "Redactor": "moakit.store",
     "add_redactor": "moakit.store",
     "show": "moakit.widgets",

@@ -6,6 +6,7 @@
     moakit traces export traces.parquet | out.jsonl | http://127.0.0.1:4318/v1/traces [--trace ID]
     moakit traces import model_outputs.json [--agent NAME]
     moakit traces search "TEXT" [--limit N]
+    moakit traces diff A B [--all]     (two trace ids, or two batch ids; unique prefixes work)
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def cmd_traces(args) -> int:
         with __import__("pandas").option_context("display.width", 200, "display.max_colwidth", 90):
             print(hits.assign(trace_id=hits.trace_id.str[:12]).to_string(index=False))
         return 0
+    if args.action == "diff":
+        from .runner.diff import diff, diff_text
+
+        d = diff(args.target, args.other, store=store)
+        print(diff_text(d, max_changes=len(d) if args.all else 20))
+        return 0
     if args.action == "import":
         from .store.io import import_outputs
 
@@ -124,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser("traces", help="list, show, export, import or replay recorded runs")
-    t.add_argument("action", choices=["ls", "show", "export", "import", "replay", "search"])
-    t.add_argument("target", nargs="?", help="trace id (show, replay), path (export, import) or text (search)")
+    t.add_argument("action", choices=["ls", "show", "export", "import", "replay", "search", "diff"])
+    t.add_argument("target", nargs="?", help="trace id (show, replay, diff), path (export, import) or text (search)")
+    t.add_argument("other", nargs="?", help="diff: the run (or batch) to compare with the first")
+    t.add_argument("--all", action="store_true", help="diff: every changed call, not the first 20")
     t.add_argument("--limit", type=int, default=20, help="search: at most this many matches")
     t.add_argument("--traces", help="trace file (default $MOAKIT_TRACES or traces/moakit.db)")
     t.add_argument("--format", default=None, help="export format: jsonl, parquet or otlp (default from the path)")
@@ -139,8 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "traces" and args.action != "ls" and not args.target:
-        what = {"show": "trace id", "replay": "trace id", "search": "text to search for"}.get(args.action, "path")
+        what = {"show": "trace id", "replay": "trace id", "search": "text to search for",
+                "diff": "trace id (or batch id) and a second one"}.get(args.action, "path")
         print(f"moakit traces {args.action}: give a {what}", file=sys.stderr)
+        return 2
+    if args.command == "traces" and args.action == "diff" and not args.other:
+        print("moakit traces diff: give two trace ids (or two batch ids): moakit traces diff A B", file=sys.stderr)
+        return 2
+    if args.command == "traces" and args.action != "diff" and getattr(args, "other", None):
+        print(f"moakit traces {args.action}: unexpected argument {args.other!r}", file=sys.stderr)
         return 2
     from .errors import MoakitError
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
 from .errors import PipelineError
+from .mixture import convert_step
 
 DEFAULT_TEMP = 0.7
 DEFAULT_MAX_TOKENS = 2048  # the Together MoA reference setting for AlpacaEval
@@ -239,7 +240,10 @@ STEP_TYPES: dict[str, type[Step]] = {
 
 
 def validate_pipeline(pipeline: Any) -> list[Step]:
-    """Check a pipeline (a list of steps) as a whole; return it as a list."""
+    """Check a pipeline (a list of steps) as a whole; return it as a list of moakit steps.
+
+    Steps of the mixture-llm library (``from mixture_llm import Propose, ...``) are converted
+    by their fields (:mod:`moakit.mixture`): use the returned list, not the one given."""
     if isinstance(pipeline, Step):
         pipeline = [pipeline]
     if isinstance(pipeline, (str, bytes)) or not hasattr(pipeline, "__iter__"):
@@ -248,6 +252,10 @@ def validate_pipeline(pipeline: Any) -> list[Step]:
     if not steps:
         raise PipelineError("the pipeline is empty; give at least one step, e.g. [Propose([...])]")
     for i, s in enumerate(steps):
+        if not isinstance(s, Step):  # mixture-llm's steps (the page's code) convert by their fields
+            converted = convert_step(s, STEP_TYPES, i)
+            if converted is not None:
+                steps[i] = s = converted
         if not isinstance(s, Step):
             raise PipelineError(
                 f"step {i} is {s!r} ({type(s).__name__}), not a moakit step; known steps: {', '.join(STEP_TYPES)}"

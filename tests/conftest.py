@@ -24,6 +24,16 @@ def _no_keys_no_repo_traces(monkeypatch, tmp_path):
     monkeypatch.setenv("MOAKIT_TRACES", str(tmp_path / "default-traces.db"))
 
 
+@pytest.fixture(scope="module")
+def stub():
+    """The OpenAI-compatible stub server on 127.0.0.1 (moakit.testing.stub_server), one per test
+    module; modules that need its latency, faults or prices define their own ``stub``."""
+    from moakit.testing.stub_server import StubServer
+
+    with StubServer() as s:
+        yield s
+
+
 @pytest.fixture
 def store(tmp_path):
     from moakit import TraceStore

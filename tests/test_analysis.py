@@ -22,6 +22,7 @@ import pytest
 
 import moakit
 from moakit import Aggregate, Propose, Shuffle
+from moakit.analysis import judge as J
 from moakit.analysis import scorers as S
 
 # ---- the scripted model -------------------------------------------------------------------------
@@ -207,11 +208,11 @@ def test_questions_ship_with_answers_that_score_themselves():
 def test_llm_judge_both_orders_reconciled_traced_and_cached(scripted, tmp_path):
     store = moakit.TraceStore(tmp_path / "judge.db")
     outputs, refs, prompts = ["the correct answer", "a wrong answer"], ["a reference", "the correct reference"], ["q1", "q2"]
-    fair = S.llm_judge("judge", models={"judge": "scripted/judge-content"}, store=store)
+    fair = J.llm_judge("judge", models={"judge": "scripted/judge-content"}, store=store)
     assert fair.score_many(outputs, refs, prompts) == [1.0, 0.0]
     assert fair.last_details["consistent"].all()
     # a judge that always says "(a)" contradicts itself when the order flips: ties
-    first = S.llm_judge("judge", models={"judge": "scripted/judge-first"}, store=store)
+    first = J.llm_judge("judge", models={"judge": "scripted/judge-first"}, store=store)
     assert first.score_many(outputs, refs, prompts) == [0.5, 0.5]
     assert not first.last_details["consistent"].any()
     runs = store.runs()
@@ -269,7 +270,7 @@ def test_ablate_repeats_pairing_and_judge_bound_to_the_store(scripted, tmp_path)
     store = moakit.TraceStore(tmp_path / "abl.db")
     variants = {"base": [Propose(PROPOSERS, max_tokens=32), Aggregate("agg", max_tokens=32)],
                 "shuffled": [Propose(PROPOSERS, max_tokens=32), Shuffle(), Aggregate("agg", max_tokens=32)]}
-    judge = S.llm_judge("judge", models={"judge": "scripted/judge-content"})  # no store: it records to the ablation's
+    judge = J.llm_judge("judge", models={"judge": "scripted/judge-content"})  # no store: it records to the ablation's
     summary, items = ablate(variants, PROMPTS[:10], scorer=judge, references=["the correct answer"] * 10,
                             repeats=2, models=scripted_models(agg="copy1-p0.5"), store=store, seed=5, items=True,
                             progress=False, n_boot=200)

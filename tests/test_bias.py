@@ -21,16 +21,9 @@ from conftest import ALPACA, needs_alpaca
 
 import moakit
 from moakit import Aggregate, Dropout, Map, Propose, Rank, Sample, Shuffle, Synthesize
-from moakit.testing.stub_server import StubServer
 
 PROMPTS = [f"stub question {i}" for i in range(80)]
 PROPOSE = Propose(["a", "b", "c", "d"])
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
 
 
 def scripted(stub, *, d="scripted-propose-12@d", **aggregators):
@@ -92,9 +85,13 @@ def test_design_follows_each_runs_steps(stub, tmp_path):
                       ("shuffle_dropout", 3): {"shuffled"}, ("dropout", 2): {"fixed"}, ("sample", 2): {"shuffled"},
                       ("self_moa", 1): {"exchangeable"}, ("mapped", 3): {"shuffled"}}
     assert (d["randomized"] == d["design"].isin(["shuffled", "exchangeable"])).all()
-    # after Map the shown text is not the producing call's output: not known, so not attributed
+    # after Map the shown text is not the producing call's output: the store recorded the hash of
+    # the text shown (and the Map step stored that text), so attribution reads what was shown
     mapped = d["variant"] == "mapped"
-    assert not d.loc[mapped, "shown_known"].any() and d.loc[~mapped, "shown_known"].all()
+    assert d["shown_known"].all()
+    assert (d.loc[mapped, "shown_text"] == d.loc[mapped, "source_text"].str.upper()).all()
+    assert (d.loc[mapped, "shown_text"] != d.loc[mapped, "source_text"]).all()
+    assert (d.loc[~mapped, "shown_text"] == d.loc[~mapped, "source_text"]).all()
     # one item per prompt across variants, one repeat per seed
     assert d.groupby("item")["variant"].nunique().eq(len(variants)).all() and d["item"].nunique() == 3
     assert d.groupby("item")["repeat"].nunique().eq(1).all()
@@ -102,8 +99,12 @@ def test_design_follows_each_runs_steps(stub, tmp_path):
     assert set(off.loc[off["variant"] == "self_moa", "design"]) == {"fixed"}
     from moakit.analysis import bias_inputs
 
-    rows = bias_inputs(store)
-    assert set(rows.loc[rows["variant"] == "mapped", "status"]) == {"not attributable: shown text unknown (after Map)"}
+    rows = bias_inputs(store)  # the copier copied position 1 as shown (upper-cased): attributed to it
+    assert set(rows.loc[rows["variant"] == "mapped", "status"]) == {"attributed"}
+    # a frame without the shown texts (an older file's): after Map they are unknown, never guessed
+    old = design_columns(store.aggregation_inputs().drop(columns=["shown_text"]), store)
+    assert not old.loc[old["variant"] == "mapped", "shown_known"].any()
+    assert old.loc[old["variant"] != "mapped", "shown_known"].all()
 
 
 def _copied_share(store, variant, agent):
@@ -343,7 +344,7 @@ def test_bad_input_is_refused_clearly(pooled):
         choice_model(pooled, terms=("colour",))
     with pytest.raises(ValueError, match="Rank"):
         choice_model(pooled, steps=("Rank",))
-    bare = pooled.aggregation_inputs()
+    bare = pooled.aggregation_inputs().drop(columns=["randomized", "shuffle_step"])
     with pytest.warns(UserWarning, match="randomized"):
         df = positional_bias(bare)  # no store, no design columns: nothing counts as randomized
     assert not df["randomized"].any() and df["p_value"].isna().all()

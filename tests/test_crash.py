@@ -6,7 +6,8 @@ the calls that had not finished.
 The child prints ``CALL <span id>`` for every paid call when ``Runner.paid`` hands its answer
 to the engine, so "finished" means "the engine was told it is done": the guarantee is that
 such a call is committed by then (with the other calls ending in the same event-loop turn, by
-the group commit the call awaits); the parent kills the child once a third of the calls have
+the group commit the call awaits). It prints ``RUN <trace id>`` when a run that paid returns:
+its run row is committed by then. The parent kills the child once a third of the calls have
 been printed.
 """
 
@@ -42,7 +43,16 @@ async def paid(self, p):
         print("CALL", res.span_id, flush=True)
     return res
 
+_run = engine.Runner.run
+
+async def run(self, **kw):
+    res = await _run(self, **kw)  # a run that paid returns once its run row is committed
+    if res.calls_paid and res.ok:
+        print("RUN", res.trace_id, flush=True)
+    return res
+
 engine.Runner.paid = paid
+engine.Runner.run = run
 api_base, db, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 models = {a: {"model": f"openai/{a}", "api_base": api_base, "api_key": "sk-stub-not-a-real-key-000000"}
           for a in ("p1", "p2", "agg")}
@@ -63,12 +73,15 @@ def test_sigkill_mid_batch_loses_no_finished_call_and_rerun_pays_only_the_rest(t
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     printed: list[str] = []
+    runs: list[str] = []  # runs that had returned before the kill
     with StubServer(latency=0.05) as stub:
         child = subprocess.Popen([sys.executable, str(script), stub.api_base, str(db), str(N_PROMPTS)],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             deadline = time.time() + 120
             for line in child.stdout:
+                if line.startswith("RUN "):
+                    runs.append(line.split()[1])
                 if line.startswith("CALL "):
                     printed.append(line.split()[1])
                     if len(printed) >= KILL_AFTER:
@@ -94,6 +107,11 @@ def test_sigkill_mid_batch_loses_no_finished_call_and_rerun_pays_only_the_rest(t
     assert set(printed) <= set(good["span_id"])
     assert len(good) < N_PROMPTS * CALLS_PER_PROMPT, "the kill came too late to test anything"
     assert good["request_key"].is_unique
+    # every run that had returned before the kill is in the file with its output, and its calls
+    assert runs, "no run had returned before the kill"
+    done = store.runs().set_index("trace_id")
+    assert set(runs) <= set(done.index) and done.loc[runs, "output"].notna().all()
+    assert (good["trace_id"].isin(runs)).sum() == CALLS_PER_PROMPT * len(runs)
     # no run finished writing its outputs without its calls: every recorded output has its call
     assert len(good) <= sent_before_kill
     store.close()

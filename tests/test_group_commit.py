@@ -6,6 +6,7 @@ model, with and without an OpenTelemetry exporter mirroring the spans."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -36,6 +37,7 @@ def instant(monkeypatch):
     real_write, real_paid = TraceStore.write_prepared, Runner.paid
 
     def write_prepared(self, w):
+        time.sleep(0.01)  # a slow disk: an answer handed on before its commit ended would be seen
         real_write(self, w)
         committed.update(p[SPAN] for p in w.params)
         n = sum(1 for p in w.params if p[KIND] in ("call", "attempt") and not p[CACHED])
@@ -118,3 +120,33 @@ def test_a_failing_final_flush_does_not_hide_the_error_on_its_way_out(tmp_path, 
     monkeypatch.undo()
     rec.flush()  # the row was kept and is written now
     assert store.query("SELECT count(*) FROM spans WHERE span_id = '00000000000000aa'")[0][0] == 1
+
+
+def test_a_paid_runs_row_is_committed_before_its_run_returns(instant, tmp_path, monkeypatch):
+    """Within a batch (whose final flush comes only at its end), each run that paid returns only
+    once its run row, output included, is committed: another connection sees it."""
+    import sqlite3
+
+    from moakit.runner.batch import arun_batch
+
+    db = tmp_path / "runs.db"
+    seen: list[tuple[str, object]] = []  # (the run's output, its row's output in the file when it returned)
+    real_run = Runner.run
+
+    async def run(self, **kw):
+        res = await real_run(self, **kw)
+        con = sqlite3.connect(db)
+        try:
+            row = con.execute("SELECT t.text FROM spans s LEFT JOIN texts t ON t.hash = s.output_hash "
+                              "WHERE s.kind = 'run' AND s.trace_id = ?", (res.trace_id,)).fetchone()
+        finally:
+            con.close()
+        seen.append((res.output, row))
+        return res
+
+    monkeypatch.setattr(Runner, "run", run)
+    df = asyncio.run(arun_batch(together_moa, [f"query {i}" for i in range(6)], models=MODELS, store=TraceStore(db),
+                                client_config=moakit.ClientConfig(retries=1, backoff=0.0), progress=False,
+                                max_concurrency=4))
+    assert df["error"].isna().all() and len(seen) == 6
+    assert all(row is not None and row[0] == out for out, row in seen), seen

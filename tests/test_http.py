@@ -88,3 +88,33 @@ def test_concurrency_caps_are_respected(store):
         moakit.run([moakit.Propose(pipelines.PROPOSERS)], "Q", models=models, store=store,
                    per_model_concurrency=3)
         assert s.stats()["max_in_flight"] == 3
+
+
+def test_direct_transport_against_llama_server_is_the_litellm_path(llama_server, tmp_path):
+    """llama.cpp's own OpenAI-compatible server, the same seeded MoA-Lite through both
+    transports: the same answers, token counts, finish reasons and call span attributes (all but
+    the transport's name, the server's response ids, span ids and measured waits)."""
+    spec = {"model": "openai/smollm2", "api_base": llama_server, "api_key": KEY}
+    models = {a: spec for a in [*pipelines.PROPOSERS, "qwen1.5-72b-chat"]}
+    stores = {}
+    for transport in ("litellm", "direct"):
+        st = stores[transport] = moakit.TraceStore(tmp_path / f"{transport}.db")
+        r = moakit.run(pipelines.moa_lite, "Say hello.", models=models, seed=5, max_tokens=8, store=st,
+                       max_concurrency=1, client_config=moakit.ClientConfig(transport=transport))
+        assert r.ok, r.error
+    calls = {t: s.calls().sort_values("request_key").reset_index(drop=True) for t, s in stores.items()}
+    a, b = calls["litellm"], calls["direct"]
+    assert len(a) == len(b) == 13
+    for col in ("request_key", "output", "input_tokens", "output_tokens", "cost_usd", "attempts", "error"):
+        assert a[col].tolist() == b[col].tolist(), col
+    assert (a["input_tokens"] > 0).all() and (a["output_tokens"] > 0).all()
+    skip = ("gen_ai.response.id", "moakit.transport", "moakit.input.sources", "moakit.wait.")
+
+    def attrs(store):
+        sp = store.spans()
+        return {x["moakit.request.key"]: {k: v for k, v in x.items() if not k.startswith(skip)}
+                for x in sp[sp.kind == "call"]["attributes"]}
+    assert attrs(stores["litellm"]) == attrs(stores["direct"])
+    for t, st in stores.items():
+        assert {x["moakit.transport"] for x in st.spans()["attributes"] if "moakit.transport" in x} == {t}
+        st.close()

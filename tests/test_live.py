@@ -14,6 +14,7 @@ import pytest
 
 import moakit
 from moakit import Aggregate, Propose
+from moakit.runner.recorder import StreamChunk
 from moakit.store import schema as A
 from moakit.testing.stub_server import StubServer
 from moakit.widgets import live as live_mod
@@ -66,6 +67,40 @@ def test_a_live_run_fills_in_its_tree_as_calls_finish(slow_stub, tmp_path, monke
     whole = moakit.run([Propose(["a", "b", "c"]), Aggregate("agg")], "q", store=tmp_path / "whole.db",
                        max_concurrency=1, models=_models(slow_stub, "a", "b", "c", "agg"))
     assert whole.output == r.output
+
+
+@pytest.mark.parametrize("transport", ["direct", "litellm"])
+def test_a_streamed_call_is_the_same_call_on_either_transport(slow_stub, tmp_path, transport):
+    """Streaming goes over the direct transport's server-sent events or litellm's stream; either
+    way the recorded call (answer, tokens, request key, transport) is the one an unstreamed call
+    records, plus its time to first chunk."""
+    chunks = []
+
+    class Wants:
+        wants_chunks = True
+
+        def __call__(self, event):
+            if isinstance(event, StreamChunk):
+                chunks.append(event.text)
+
+    cfg = moakit.ClientConfig(transport=transport)
+    pipeline = [Propose(["a"]), Aggregate("agg")]
+    before = slow_stub.stats().get("streamed", 0)
+    s1, s2 = moakit.TraceStore(tmp_path / "streamed.db"), moakit.TraceStore(tmp_path / "whole.db")
+    streamed = moakit.run(pipeline, "q", store=s1, seed=3, models=_models(slow_stub, "a", "agg"),
+                          client_config=cfg, listeners=[Wants()])
+    whole = moakit.run(pipeline, "q", store=s2, seed=3, models=_models(slow_stub, "a", "agg"), client_config=cfg)
+    assert slow_stub.stats()["streamed"] - before == 1
+    assert chunks and chunks[-1] == streamed.output == whole.output
+    cols = ["step", "agent", "request_key", "output", "input_tokens", "output_tokens"]
+    a, b = streamed.calls[cols].reset_index(drop=True), whole.calls[cols].reset_index(drop=True)
+    assert a.equals(b)
+    q = (f"SELECT json_extract(attributes, '$.\"{A.TRANSPORT}\"') AS tr, "
+         f"json_extract(attributes, '$.\"{A.RESPONSE_TIME_TO_FIRST_CHUNK}\"') AS t FROM spans "
+         f"WHERE name LIKE 'chat %' ORDER BY start_ns")
+    got = s1.frame(q)
+    assert set(got["tr"]) == {transport}
+    assert got["t"].notna().sum() == 1 and got["t"].dropna().iloc[0] > 0
 
 
 def test_a_live_view_shows_the_answer_while_it_streams(tmp_path, monkeypatch):

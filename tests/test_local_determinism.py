@@ -29,6 +29,6 @@ def test_seeded_batch_on_the_embedded_model_is_identical_in_fresh_processes(tmp_
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         seen.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert all(s["outputs"] for s in seen) and len(seen[0]["calls"]) == 3 * 7
+    assert all(s["outputs"] for s in seen) and len(seen[0]["calls"]) == 3 * 13  # moa_lite: 6 proposers, 6 synthesizers, 1 aggregator
     for s in seen[1:]:
         assert s == seen[0]

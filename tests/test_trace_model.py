@@ -9,18 +9,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 
 import moakit
 from moakit import Aggregate, Map, Propose, Shuffle, Synthesize
 from moakit.store import schema as A
 from moakit.testing.stub_server import StubServer
-
-
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
 
 
 def _models(stub, agents):
@@ -76,7 +69,7 @@ def test_aggregating_calls_record_what_they_were_shown(stub, tmp_path):
     proposers = ["a", "b", "c"]
     first_call = syn[syn.span_id == syn.span_id.iloc[0]].sort_values("position")
     assert list(first_call.source_agent) == [proposers[i] for i in perm]
-    assert set(inputs.variant) == {None} and inputs.query_hash.nunique() == 1
+    assert inputs.pipeline.nunique(dropna=False) == 1 and inputs.query_hash.nunique() == 1
 
 
 def test_search_finds_prompts_and_outputs(stub, tmp_path):

@@ -19,7 +19,6 @@ import pytest
 import moakit
 from moakit import Aggregate, ClientConfig, Dropout, Propose, Rank, Shuffle
 from moakit.pipelines import moa_lite
-from moakit.testing.stub_server import StubServer
 from moakit.widgets import view
 from moakit.widgets.ablation import AblationView, ImpactView
 from moakit.widgets.bias import BiasView
@@ -205,12 +204,6 @@ def test_widget_state_embeds_the_tree(local):
 
 
 # ---- failures, hundreds of calls, batches (stub server) ---------------------------------------
-@pytest.fixture(scope="module")
-def stub():
-    with StubServer() as s:
-        yield s
-
-
 def test_failed_calls_and_failed_runs_are_red(stub, tmp_path):
     models = {a: stub.model(a) for a in ("good", "agg")} | {"leaky": stub.model("leaky")}
     cfg = ClientConfig(retries=0)

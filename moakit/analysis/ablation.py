@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from ..errors import BudgetExceeded
+
 __all__ = ["ablate", "ablation_summary", "ablation_reading", "robustness_variants", "sign_flip", "holm", "usage",
            "ABLATION_COLUMNS", "ITEM_COLUMNS"]
 
@@ -117,28 +119,44 @@ def run_variants(variants: Mapping[str, Any], items: list, refs: list | None, *,
 
         bar = tqdm(total=total, desc="variants", unit="batch")
     frames = []
+
+    def tag(df, name, r):
+        df = df.assign(variant=name, repeat=r, reference=list(refs) if refs is not None else None)
+        for col, value in (key_columns or {}).get(name, {}).items():
+            df[col] = value
+        return df
+
+    def scored(frames):
+        out = pd.concat(frames, ignore_index=True)
+        out["score"] = scorer.score_many(list(out["output"]), list(out["reference"]) if refs is not None else None,
+                                         list(out["prompt"]))
+        return out
+
     try:
         for r in range(repeats):
             for name, pipe in variants.items():
                 if bar is not None:
                     bar.set_postfix_str(f"{name} #{r}")
                 # one bar: the batches' own bars only when there is no bar over the batches
-                df = run_batch(pipe, items, seed=seed + r, models=models, store=store, cache=True,
-                               max_tokens=max_tokens, progress=progress and bar is None, name=name, **run_kwargs)
-                df = df.assign(variant=name, repeat=r,
-                               reference=list(refs) if refs is not None else None)
-                for col, value in (key_columns or {}).get(name, {}).items():
-                    df[col] = value
-                frames.append(df)
+                try:
+                    df = run_batch(pipe, items, seed=seed + r, models=models, store=store, cache=True,
+                                   max_tokens=max_tokens, progress=progress and bar is None, name=name, **run_kwargs)
+                except BudgetExceeded as e:  # the budget stopped this batch: the work done so far goes on the error
+                    if e.partial is not None:
+                        frames.append(tag(e.partial, name, r))
+                    e.partial = scored(frames)
+                    done = [f"{f['variant'].iloc[0]} #{f['repeat'].iloc[0]}" for f in frames[:-1]]
+                    e.args = (f"{e.args[0]} Ablation: stopped in variant {name!r}, repeat {r}; finished before it: "
+                              f"{', '.join(done) or 'none'}. e.partial holds the rows of every batch run "
+                              "(scored where there is an output).",)
+                    raise
+                frames.append(tag(df, name, r))
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    out = pd.concat(frames, ignore_index=True)
-    out["score"] = scorer.score_many(list(out["output"]), list(out["reference"]) if refs is not None else None,
-                                     list(out["prompt"]))
-    return out
+    return scored(frames)
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -372,7 +390,8 @@ def ablation_reading(summary) -> str:
 def ablate(variants: Mapping[str, Any], prompts, *, scorer, repeats: int = 1, models: Any = None, store: Any = None,
            seed: int = 0, max_tokens: int | None = None, references: Sequence[Any] | None = None,
            baseline: str | None = None, n_boot: int = 1000, n_perm: int = 10000, alpha: float = 0.05,
-           error_score: float | None = 0.0, items: bool = False, progress: bool = True, **run_kwargs):
+           error_score: float | None = 0.0, items: bool = False, progress: bool = True, estimate: bool = False,
+           budget_usd: float | None = None, max_paid_calls: int | None = None, **run_kwargs):
     """Run named pipeline variants over the same prompts and compare their scores.
 
     Args:
@@ -393,6 +412,13 @@ def ablate(variants: Mapping[str, Any], prompts, *, scorer, repeats: int = 1, mo
         alpha: level of the tests; intervals are ``1 - alpha``.
         error_score: score of a failed run (default 0.0); None leaves failures out.
         items: also return the per-run rows: ``(summary, items)``.
+        estimate: first show :func:`moakit.estimate` of the whole ablation (every variant and
+            repeat, with what the variants will share), before any call.
+        budget_usd, max_paid_calls: one budget for the whole ablation (see
+            :mod:`moakit.runner.budget`): no call starts that could pass it; when one is refused
+            the ablation stops and raises :class:`moakit.BudgetExceeded`, whose ``partial`` holds
+            the item rows of what ran (the stopped prompts with ``error``). Rerun with a larger
+            budget: the store serves what was paid.
 
     Returns:
         DataFrame, one row per variant, columns :data:`ABLATION_COLUMNS` (see the module doc
@@ -405,6 +431,21 @@ def ablate(variants: Mapping[str, Any], prompts, *, scorer, repeats: int = 1, mo
     scorer, prompt_list, refs, st = prepare(variants, prompts, scorer=scorer, references=references,
                                             repeats=repeats, models=models, store=store, seed=seed,
                                             max_tokens=max_tokens, templates=run_kwargs.get("templates", "together"))
+    from ..runner.budget import make_budget
+
+    budget = make_budget(budget_usd, max_paid_calls, run_kwargs.pop("budget", None))
+    if budget is not None:
+        from ..runner.plan import plan_run
+
+        for pipe in variants.values():  # an unpriced model under budget_usd: refused before any call
+            budget.check_models(plan_run(pipe, prompt_list[0], seed=seed, models=models, max_tokens=max_tokens,
+                                         templates=run_kwargs.get("templates", "together"), cache=st).specs)
+        run_kwargs["budget"] = budget
+    if estimate:
+        from ..runner.estimate import show_estimate
+
+        show_estimate(dict(variants), prompt_list, models=models, seed=seed, cache=st, max_tokens=max_tokens,
+                      templates=run_kwargs.get("templates", "together"), repeats=repeats)
     raw = run_variants(variants, prompt_list, refs, scorer=scorer, repeats=repeats, models=models, store=st,
                        seed=seed, max_tokens=max_tokens, progress=progress, **run_kwargs)
     item_df = raw[ITEM_COLUMNS].copy()

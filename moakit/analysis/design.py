@@ -22,8 +22,10 @@ they are listed in is as good as random. Such calls are ``design="exchangeable"`
 (``exchangeable=False`` turns this off). A ``Refine`` by one agent keeps the flag it was given.
 
 **What was shown.** The numbered texts shown to a call are the producing calls' outputs,
-except after a ``Map`` step (which rewrote them): such calls' shown texts are unknown until
-the store records them (``shown_text``), and a copy attribution is not attempted
+except after a ``Map`` step (which rewrote them). Each call records the hash of every text it
+was shown and a Map step stores the texts it made, so ``shown_text`` is what the call saw.
+Files written before calls recorded those hashes fall back to the producing calls' outputs,
+and after a Map step the shown text is then unknown: a copy attribution is not attempted
 (``shown_known=False``).
 
 **Units.** ``variant``: the run's pipeline name (``run_batch(name=...)``, ``ablate``'s variant
@@ -93,7 +95,7 @@ def design_columns(inputs, store: Any = None, *, exchangeable: bool = True):
     * ``randomized`` (bool): the call's order was randomized (``design`` is ``"shuffled"`` or
       ``"exchangeable"``); ``design``: ``"shuffled"``, ``"exchangeable"`` or ``"fixed"``;
     * ``shown_text``: the text shown at this position; ``shown_known`` (bool): False where it
-      is not known (after a Map step, until the store records shown texts);
+      is not known (after a Map step, in files that did not record the texts shown);
     * ``variant``, ``item``, ``repeat``: the units (module doc);
     * ``rank_choice``: for Rank calls, the 0-based positions the ranker kept (None when its
       reply was not parsed: the engine's fallback is not the model's choice).

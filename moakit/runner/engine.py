@@ -23,7 +23,7 @@ from ..rank_parse import parse_rank
 from ..store.ids import span_id_hex, trace_id_hex
 from ..store.keys import derived_seed, messages_json, request_hash, request_key
 from ..store.records import AttemptRecord, CallRecord, RunRecord, StepRecord
-from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT, RESPONSE_TIME_TO_FIRST_CHUNK
+from ..store.schema import LAST_ATTEMPT_START, QUEUE_WAIT, RATE_WAIT, RESPONSE_TIME_TO_FIRST_CHUNK, TRANSPORT
 from .plan import RunPlan, step_json
 from .recorder import Recorder, StreamChunk
 from .result import Result
@@ -60,6 +60,7 @@ class Session:
     cache: Any = None  # a TraceStore whose recorded calls are served
     offline: bool = False  # with cache: a call not in it raises ReplayMiss
     record_content: bool = True
+    budget: Any = None  # a runner.budget.Budget: calls reserved before they start (budget_usd, max_paid_calls)
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class CallPlan:
     step_index: int
     step_kind: str
     shown: Sequence[Response] = ()
+    reserved: float = 0.0  # the worst case held for it in the session's budget until it ends
 
 
 @dataclass
@@ -108,6 +110,22 @@ def run_context() -> tuple[str, str | None]:
     if ctx.is_valid:
         return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
     return trace_id_hex(), None
+
+
+def call_extra(o: Outcome) -> dict:
+    """A call's further span attributes: the transport that served it, the waits longer than a
+    millisecond (slots, per-minute budgets), for a retried call when its last attempt started, and
+    for a streamed one the seconds to its first chunk."""
+    extra = {TRANSPORT: o.transport}
+    if o.queue_s >= 1e-3:
+        extra[QUEUE_WAIT] = round(o.queue_s, 6)
+    if o.rate_s >= 1e-3:
+        extra[RATE_WAIT] = round(o.rate_s, 6)
+    if o.attempt > 1:
+        extra[LAST_ATTEMPT_START] = o.start_ns
+    if o.ttft_s is not None:
+        extra[RESPONSE_TIME_TO_FIRST_CHUNK] = round(o.ttft_s, 6)
+    return extra
 
 
 class Runner:
@@ -176,6 +194,11 @@ class Runner:
                     todo.append(i)
                 else:
                     results[i] = self.replayed(p, hit)
+        if todo and s.budget is not None and not s.offline:
+            # the layer's calls are reserved together before any starts: all fit or none starts
+            priced = [i for i in todo if not plans[i].request.spec.is_recorded]
+            for i, w in zip(priced, await s.budget.reserve([plans[i] for i in priced], self.trace_id)):
+                plans[i].reserved = w
         if len(todo) == 1:
             results[todo[0]] = await self.paid(plans[todo[0]])
         elif todo:
@@ -227,21 +250,22 @@ class Runner:
                 rec.chunk(StreamChunk(self.trace_id, sid, p.step_index, p.step_kind, p.agent, text))
 
         start = time.time_ns()
+        cost = None  # what the budget is told it cost (None: unknown, its worst case counts)
         try:
             o = await (s.caller.call(p.request, on_attempt) if on_chunk is None else
                        s.caller.call(p.request, on_attempt, on_chunk=on_chunk))
+            cost = (o.cost_usd if o.ok else 0.0)  # a call that finally failed gave no answer to bill
         except asyncio.CancelledError:
             rec.failed(self.record(p, span_id=sid, start_ns=start, end_ns=time.time_ns(), error_type="cancelled",
                                    error="the run was cancelled while this call was in flight", attempts=1))
             raise
+        finally:
+            if s.budget is not None and not s.offline and not spec.is_recorded:
+                s.budget.settle(p.reserved, cost)
         t = self.totals
         t.calls += 1
         t.attempts += o.attempt
-        extra = {QUEUE_WAIT: round(o.queue_s, 6)} if o.queue_s >= 1e-3 else None
-        if o.attempt > 1:
-            extra = {**(extra or {}), LAST_ATTEMPT_START: o.start_ns}
-        if o.ttft_s is not None:
-            extra = {**(extra or {}), RESPONSE_TIME_TO_FIRST_CHUNK: round(o.ttft_s, 6)}
+        extra = call_extra(o)
         if not o.ok:
             rec.failed(self.record(p, span_id=sid, start_ns=o.first_start_ns, end_ns=o.end_ns, attempts=o.attempt,
                                    error_type=o.error_type, error=o.error, extra=extra))
@@ -395,12 +419,17 @@ class Runner:
             raise
         finally:
             t = self.totals
-            rec.run(RunRecord(
+            record = RunRecord(
                 run_span, self.trace_id, start, time.time_ns(), plan.pipeline_json(), json.dumps(plan.query,
                                                                                                    ensure_ascii=False),
                 plan.rng_seed, plan.model_seed is not None, plan.tset.name, plan.models_json(), plan.name, parent,
-                plan.max_tokens, batch_id, batch_item, batch_seed, output, error_type, error, t.paid, t.reused),
-                durable=t.paid > 0 or (error_type is not None and error_type != "RunFailed"))
+                plan.max_tokens, batch_id, batch_item, batch_seed, output, error_type, error, t.paid, t.reused)
+            if t.paid > 0 and error_type in (None, "RunFailed"):
+                # a run that paid, ending normally: committed before it returns, in the group commit of the
+                # calls ending now (not a transaction of its own on the loop)
+                await rec.run_committed(record)
+            else:  # an error on its way out (committed now), or a run that paid nothing (next commit)
+                rec.run(record, durable=error_type is not None and error_type != "RunFailed")
         return Result(output=output, trace_id=self.trace_id, store=self.s.store, error=error,
                       responses=list(responses), seed=plan.rng_seed, calls_paid=self.totals.paid,
                       calls_reused=self.totals.reused, pipeline=plan.pipeline, query=plan.query)

@@ -109,7 +109,9 @@ class RunPlan:
 
 
 def plan_run(pipeline, query, *, seed=None, models=None, templates="together", max_tokens=None, cache=None,
-             offline=False, name=None, rng_seed=None) -> RunPlan:
+             offline=False, name=None, rng_seed=None, need_keys=True) -> RunPlan:
+    """The run checked before its first call. ``need_keys=False`` (``moakit.estimate``) does not
+    require the providers' API keys: nothing will be called."""
     steps = S.validate_pipeline(pipeline)
     q = normalize_query(query)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -121,7 +123,8 @@ def plan_run(pipeline, query, *, seed=None, models=None, templates="together", m
     specs = resolve(agents, models, recorded=recorded)
     register_secrets(specs)
     if not offline:
-        check_keys(specs)
+        if need_keys:
+            check_keys(specs)
         check_providers(specs)
     elif cache is None:
         raise PipelineError("offline=True needs cache= (a trace store, or True for store=) to serve the calls from")

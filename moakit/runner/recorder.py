@@ -3,8 +3,8 @@ pipeline of their own) the same spans for it.
 
 The engine tells the recorder what happened; the recorder decides how durable each record must
 be (see :mod:`moakit.store.writer`): a paid call is committed before the engine may use its
-answer, a failed attempt and the run row of a run that paid are committed at once, the rest
-rides in the next commit.
+answer and the run row of a run that paid before the run returns (both group-committed), a
+failed attempt at once, the rest rides in the next commit.
 
 ``otel``: a ``SpanProcessor`` or ``SpanExporter`` of the OpenTelemetry SDK (the one you gave
 your ``TracerProvider``). Every record is handed to it as a finished SDK span with the same ids,
@@ -157,10 +157,18 @@ class Recorder:
         self._add(rows, False, rec)
 
     def run(self, rec: RunRecord, durable: bool) -> None:
-        """A run that ended: committed now if it paid for a call (or failed), else in the next commit."""
+        """A run that ended: committed now when ``durable`` (it failed), else in the next commit."""
         rows = Rows()
         self.builder.run(rec, rows)
         self._add(rows, durable, rec)
+
+    async def run_committed(self, rec: RunRecord) -> None:
+        """A run that ended: returns once its row is committed (with the other rows of this
+        event-loop turn, as a paid call's)."""
+        rows = Rows()
+        self.builder.run(rec, rows)
+        self._add(rows, False, rec)
+        await self.writer.committed()
 
     def flush(self) -> None:
         """Commit every row waiting: before ``run`` / ``run_batch`` return, their rows are in the

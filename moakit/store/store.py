@@ -421,7 +421,7 @@ class TraceStore:
         for col, key in (("permutation", A.PERMUTATION), ("kept", A.KEPT), ("rank_choice", A.RANK_CHOICE),
                          ("rank_parsed", A.RANK_PARSED), ("responses_in", A.RESPONSES_IN),
                          ("responses_out", A.RESPONSES_OUT), ("dropped_failed", A.DROPPED_FAILED)):
-            df[col] = [_maybe_json(a.get(key)) for a in attrs]
+            df[col] = [maybe_json(a.get(key)) for a in attrs]
         return df
 
     def runs(self, trace_id: str | Sequence[str] | None = None):
@@ -638,7 +638,7 @@ class TraceStore:
                 msgs = [{"role": "system", "content": parts_text(system)}] if system else []
                 for m in json.loads(inp or "[]"):
                     msgs.append({"role": m.get("role"), "content": parts_text(m.get("parts", m.get("content")))})
-                out[span_id] = {"messages": msgs, "input_agents": _maybe_json(a.get(A.INPUT_AGENTS)) or [],
+                out[span_id] = {"messages": msgs, "input_agents": maybe_json(a.get(A.INPUT_AGENTS)) or [],
                                 "temperature": a.get(A.REQUEST_TEMPERATURE), "max_tokens": a.get(A.REQUEST_MAX_TOKENS),
                                 "finish_reasons": a.get(A.RESPONSE_FINISH_REASONS),
                                 "replayed_from": a.get(A.REPLAYED_FROM), "failed_attempts": []}
@@ -733,6 +733,52 @@ class TraceStore:
                     "SELECT DISTINCT agent, model FROM spans WHERE kind='call' AND model LIKE 'recorded/%'").fetchall()))
             return dict(self._recorded[1])
 
+    # ---- merging shards -------------------------------------------------------------------
+    def merge(self, paths: Iterable[str | os.PathLike], *, on_shard=None) -> int:
+        """Fold other trace files into this one (the shards a batch run on Ray wrote, files
+        collected from several machines): every span whose span id is not here yet, and every
+        text. Returns the number of spans added.
+
+        One transaction per file: a crash (or a kill) mid-merge leaves each file either wholly
+        merged or not at all, and the files themselves are only read (a shard written by an
+        older moakit is brought up to date first). Merging again is harmless: a span already
+        here is skipped, so a rerun after a crash finishes the job and a second merge adds
+        nothing. ``on_shard(path, added)`` is told after each file's commit."""
+        files = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        mine = os.path.realpath(self.path)
+        for f in files:  # every file checked before the first is merged
+            if not f.is_file():
+                raise TraceFileError(f"cannot merge {f}: no such trace file")
+            if os.path.realpath(f) == mine:
+                raise TraceFileError(f"cannot merge {f} into itself")
+        if self._writer is not None:
+            self._writer.flush()
+        cols = ", ".join(SPAN_COLUMNS)
+        total = 0
+        for f in files:
+            TraceStore(f, create=False).close()  # a moakit trace file, its schema up to date (or TraceFileError)
+            with self._lock:
+                self.conn.execute("ATTACH DATABASE ? AS shard", (str(f),))
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        self.conn.execute("INSERT OR IGNORE INTO texts (hash, text) SELECT hash, text FROM shard.texts")
+                        added = self.conn.execute(
+                            f"INSERT OR IGNORE INTO spans ({cols}) SELECT {cols} FROM shard.spans ORDER BY rowid").rowcount
+                        self.conn.execute("COMMIT")
+                    except BaseException:
+                        self.conn.execute("ROLLBACK")
+                        raise
+                finally:
+                    self.conn.execute("DETACH DATABASE shard")
+                # what the store keeps about its rows is read again when next asked for
+                self._cache_index, self._recorded = None, None
+                self._trace_calls, self._replay_rows = {}, {}
+            total += added
+            if on_shard is not None:
+                on_shard(f, added)
+        return total
+
     # ---- import / export (moakit.tracing.io) ------------------------------------------------
     def import_outputs(self, path: str | os.PathLike, agent: str | None = None, **kwargs) -> int:
         """Record AlpacaEval ``model_outputs.json`` outputs as Propose calls of ``agent`` (default:
@@ -826,7 +872,8 @@ def _ordered(df, *columns: str):
     return df.take(order).reset_index(drop=True)
 
 
-def _maybe_json(v):
+def maybe_json(v):
+    """A JSON array or object stored as text, decoded; anything else as it is."""
     if isinstance(v, str) and v[:1] in "[{":
         try:
             return json.loads(v)

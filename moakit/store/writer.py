@@ -5,8 +5,11 @@ What must hold (tests/test_crash.py, tests/test_group_commit.py, tests/test_writ
 
 * A paid call's row is committed before the engine uses its answer: the caller awaits
   :meth:`Writer.committed`. The calls that end in the same event-loop turn share one
-  ``BEGIN IMMEDIATE`` transaction (a group commit), so a layer of fast calls costs one commit.
-* A failed attempt and the run row of a run that paid for something are committed at once
+  ``BEGIN IMMEDIATE`` transaction (a group commit), so a layer of fast calls costs one commit;
+  the transaction runs on the writer thread and the future resolves on the caller's loop only
+  once it has committed. The run row of a run that paid for something, ending normally, is
+  awaited the same way before the run returns.
+* A failed attempt (and the run row of a run leaving with an error) is committed at once
   (``durable=True``): a crash loses no call that was paid for.
 * Everything else (steps, calls served from the store, the run row of a replay) waits for the
   next commit: at the latest when ``run`` / ``run_batch`` returns (:meth:`Writer.flush`). A
@@ -82,18 +85,43 @@ class Writer:
         return fut
 
     def _group_commit(self, loop) -> None:
+        """Commit the rows queued so far for the waiters of this loop turn. The statements are
+        made here; SQLite's part runs on the writer thread (batches reach the file in the order
+        they were handed over), so the loop goes on answering other calls meanwhile; each waiter
+        is told on its loop when the transaction holding its row has committed."""
         with self._lock:
             waiters = self._waiters.pop(loop, [])
         try:
-            self.flush()
+            fut = self._hand_over() if THREADED_GROUP_COMMIT else None
+            if fut is None:
+                self.flush()
         except BaseException as e:  # noqa: BLE001 - every waiter sees the failure
-            for f in waiters:
-                if not f.done():
-                    f.set_exception(e)
+            _settle(waiters, e)
             return
-        for f in waiters:
-            if not f.done():
-                f.set_result(None)
+        if fut is None:
+            _settle(waiters, None)
+        else:
+            fut.add_done_callback(lambda f: loop.call_soon_threadsafe(_settle, waiters, f.exception()))
+
+    def _hand_over(self):
+        """Give every waiting row to the writer thread as one transaction; return its future (None
+        when nothing waits, or the interpreter is going down: then the caller commits itself)."""
+        with self._flushing:
+            rows, texts = self._take()
+            if not rows:
+                return None if self._behind is None else self._behind
+            try:
+                prepared = self.store.prepare_write(rows, texts, bulk=True)
+            except BaseException:
+                self._requeue(rows, texts)
+                raise
+            try:
+                fut = _writer_thread().submit(self._write, rows, texts, prepared)
+            except RuntimeError:  # shutting down: no new thread work
+                self._write(rows, texts, prepared)
+                return None
+            self._behind = fut  # (one thread, first in first out: the last batch done means all are)
+            return fut
 
     # ---- writing -----------------------------------------------------------------------
     def _take(self) -> tuple[list, dict]:
@@ -152,6 +180,19 @@ class Writer:
     def pending(self) -> int:
         """Rows waiting for a commit."""
         return len(self._rows)
+
+
+# group commits run on the writer thread (False: on the event loop, as before issue 16)
+THREADED_GROUP_COMMIT = True
+
+
+def _settle(waiters: list, error: BaseException | None) -> None:
+    for f in waiters:
+        if not f.done():
+            if error is None:
+                f.set_result(None)
+            else:
+                f.set_exception(error)
 
 
 _writers: "weakref.WeakSet[Writer]" = weakref.WeakSet()

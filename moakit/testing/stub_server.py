@@ -12,12 +12,19 @@ stops it for tests and benchmarks. Faults (chosen at random, seeded, per request
 ``empty`` (200 with an empty choice list). ``GET /stats`` returns counters as JSON. A request
 with ``"stream": true`` gets its answer as server-sent events, a word per chunk.
 
+``--max-in-flight N`` answers 429 (with Retry-After, at once) to every request that arrives
+while N others are being answered: an endpoint whose capacity is N calls in flight, for the
+adaptive-concurrency tests and benchmark. Its count is ``fault_overload`` in ``/stats``.
+
 Besides these transient faults (drawn afresh for every attempt), ``--persistent-fault-rate``
 makes a share of *requests* fail on every attempt (503), chosen by a hash of the request's
 model and messages, so a retried request meets the same fault: that is how a call that
-finally fails is produced. Three model-name prefixes change the answer for tests:
+finally fails is produced. Model-name prefixes change the answer for tests:
 ``echo...`` replies with the last message's content verbatim (unicode and length round
-trips), ``scripted-...`` answers as a scripted proposer or aggregator whose behaviour is known
+trips), ``inspect...`` with the request's body, headers and path as JSON (what a client sent on
+the wire), ``fault-<kind>`` meets that fault on every request (a kind of ``FAULTS``, a status
+code such as ``fault-429`` with a JSON error, ``fault-plain500``, ``fault-html``: a 200 whose body
+is an HTML page), ``scripted-...`` answers as a scripted proposer or aggregator whose behaviour is known
 (:mod:`moakit.testing.scripted`), ``leaky...`` answers 500 with an error message that echoes the request's
 Authorization header and all its headers (a provider leaking the key back, for redaction tests).
 """
@@ -59,24 +66,44 @@ def persistent_fault(body: dict, seed: int, rate: float) -> bool:
 
 
 def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
-             retry_after: float = 0.2, hang: float = 3600.0, persistent_fault_rate: float = 0.0):
+             retry_after: float = 0.2, hang: float = 3600.0, persistent_fault_rate: float = 0.0,
+             max_in_flight: int = 0):
     from aiohttp import web
 
     rng = random.Random(seed)
     stats: Counter = Counter()
-    in_flight = {"now": 0, "max": 0}
+    in_flight = {"now": 0, "max": 0, "served_max": 0}
 
     async def chat(request: web.Request):
         stats["requests"] += 1
         in_flight["now"] += 1
         in_flight["max"] = max(in_flight["max"], in_flight["now"])
         try:
+            if max_in_flight and in_flight["now"] > max_in_flight:
+                await request.read()
+                stats["fault_overload"] += 1
+                return web.json_response({"error": {"message": f"too many requests in flight (stub limit "
+                                                               f"{max_in_flight})", "type": "rate_limit"}},
+                                         status=429, headers={"Retry-After": str(retry_after)})
+            in_flight["served_max"] = max(in_flight["served_max"], in_flight["now"])
             raw = await request.read()
             body = json.loads(raw or b"{}")
             fault = rng.choice(faults) if fault_rate and rng.random() < fault_rate else None
             if latency:
                 await asyncio.sleep(latency)
             model = str(body.get("model", ""))
+            if model.startswith("fault-"):  # this fault on every request, whatever the fault rate
+                kind = model[len("fault-"):]
+                if kind.isdigit():
+                    stats[f"fault_status_{kind}"] += 1
+                    return web.json_response({"error": {"message": f"stub status {kind}", "type": "stub"}},
+                                             status=int(kind), headers={"Retry-After": str(retry_after)}
+                                             if kind in ("429", "503") else None)
+                if kind == "plain500":
+                    return web.Response(text="stub plain-text failure", status=500)
+                if kind == "html":
+                    return web.Response(text="<html>bad gateway page</html>", content_type="text/html")
+                fault = kind
             if model.startswith("leaky"):
                 stats["fault_leaky"] += 1
                 auth = request.headers.get("Authorization", "")
@@ -106,6 +133,8 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
             if model.startswith("echo"):
                 msgs = body.get("messages") or [{}]
                 text = str(msgs[-1].get("content", ""))
+            elif model.startswith("inspect"):  # what arrived: the body and the headers, as JSON
+                text = json.dumps({"body": body, "headers": dict(request.headers), "path": request.path})
             elif model.startswith(scripted.PREFIX):
                 try:
                     text = scripted.reply(body)
@@ -156,7 +185,8 @@ def make_app(latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed:
         return resp
 
     async def get_stats(request):
-        return web.json_response({**stats, "max_in_flight": in_flight["max"]})
+        return web.json_response({**stats, "max_in_flight": in_flight["max"],
+                                  "max_in_flight_served": in_flight["served_max"]})
 
     async def models(request):
         return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
@@ -178,6 +208,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retry-after", type=float, default=0.2)
     ap.add_argument("--persistent-fault-rate", type=float, default=0.0)
+    ap.add_argument("--max-in-flight", type=int, default=0, help="answer 429 above this many requests in flight")
     a = ap.parse_args(argv)
     from aiohttp import web
 
@@ -187,7 +218,7 @@ def main(argv=None):
 
     async def serve():
         app = make_app(a.latency, a.fault_rate, tuple(a.faults.split(",")), a.seed, a.retry_after,
-                       persistent_fault_rate=a.persistent_fault_rate)
+                       persistent_fault_rate=a.persistent_fault_rate, max_in_flight=a.max_in_flight)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

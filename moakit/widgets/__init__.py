@@ -6,6 +6,8 @@ draw; they compute no statistics.
 * :class:`~moakit.widgets.bias.BiasView`: a positional-bias result drawn with its intervals.
 * :class:`~moakit.widgets.ablation.AblationView`, :class:`~moakit.widgets.ablation.ImpactView`:
   ablation and aggregator-vs-proposer results.
+* :class:`~moakit.widgets.diff.DiffView`: two runs (or batches) side by side, call by call,
+  changes highlighted with their causes (:func:`moakit.diff`); static HTML.
 
 Each view is shown as a few outputs (:mod:`moakit.widgets.display`): charts as Vega-Lite with an
 SVG beside them, and for what needs a kernel a live ipywidget beside a static copy that shows
@@ -15,7 +17,8 @@ wherever the widget cannot (a saved notebook, nbconvert's HTML, GitHub). See ``d
 from __future__ import annotations
 
 _LAZY = {"PipelineTree": "tree", "BatchView": "tree", "BiasView": "bias", "AblationView": "ablation",
-         "ImpactView": "ablation", "TraceData": "trace", "Table": "table", "Column": "table", "View": "display"}
+         "ImpactView": "ablation", "TraceData": "trace", "Table": "table", "Column": "table", "View": "display",
+         "DiffView": "diff"}
 
 __all__ = ["show", "show_result", "view", "live_view", *_LAZY]
 

@@ -1,4 +1,4 @@
-"""B8 views: a 500-call batch (100 prompts x four proposers and an aggregator, stub answers)
+"""B10 views: a 500-call batch (100 prompts x four proposers and an aggregator, stub answers)
 drawn as a BatchView with its timeline, the way a notebook cell shows it (read from the store,
 the static copy, the live widget, the timeline as Vega-Lite with its SVG fallback), and as the
 one piece of static HTML a saved notebook or an export holds; one run's PipelineTree likewise.
@@ -44,7 +44,7 @@ def run(quick: bool) -> CaseResult:
     n_prompts = 20 if quick else 100
     rounds = 2 if quick else 7
     pipe = [Propose(["a", "b", "c", "d"], max_tokens=32), Aggregate("agg", max_tokens=32)]
-    res = CaseResult("B8", f"views: a {n_prompts * 5}-call batch's BatchView and timeline")
+    res = CaseResult("B10", f"views: a {n_prompts * 5}-call batch's BatchView and timeline")
     with tempfile.TemporaryDirectory() as d, StubServer() as stub:
         store = moakit.TraceStore(Path(d) / "b8.db")
         models = {a: stub.model(a) for a in ("a", "b", "c", "d", "agg")}
@@ -80,11 +80,11 @@ def run(quick: bool) -> CaseResult:
         chart_bundle(chart, svg=True)
         t_svg = time.perf_counter() - t0 - t_spec
 
-    res.rows.append(Row("B8", f"BatchView + timeline shown in a cell (live), {n_calls} calls, s", f"{median(a):.3f}",
+    res.rows.append(Row("B10", f"BatchView + timeline shown in a cell (live), {n_calls} calls, s", f"{median(a):.3f}",
                         goal=f"< {GOAL_S:.0f} s", met=median(a) < GOAL_S))
-    res.rows.append(Row("B8", f"BatchView + timeline as static HTML (saved), {n_calls} calls, s", f"{median(b):.3f}",
+    res.rows.append(Row("B10", f"BatchView + timeline as static HTML (saved), {n_calls} calls, s", f"{median(b):.3f}",
                         goal=f"< {GOAL_S:.0f} s", met=median(b) < GOAL_S))
-    res.rows.append(Row("B8", "one run's PipelineTree + timeline shown in a cell, s", f"{median(c):.3f}"))
+    res.rows.append(Row("B10", "one run's PipelineTree + timeline shown in a cell, s", f"{median(c):.3f}"))
     res.details = {"live_s": a, "saved_s": b, "tree_s": c, "calls": n_calls, "output_chars": sizes,
                    "parts_s": {"read": t_read, "static_copy": t_static, "vega_lite_spec": t_spec, "svg": t_svg}}
     res.notes.append(f"{rounds} alternating rounds; live {spread(a)} s, saved {spread(b)} s, tree {spread(c)} s; "
