@@ -23,6 +23,7 @@ from moakit.widgets import view
 from moakit.widgets.ablation import AblationView, ImpactView
 from moakit.widgets.bias import BiasView
 from moakit.widgets.tree import BatchView, PipelineTree, tree_text
+from moakit.widgets.timeline import PHASES
 
 ROBUST = [Propose(["a", "b", "c", "d"], max_tokens=8), Shuffle(), Dropout(0.5), Rank("judge", n=2),
           Aggregate("agg", max_tokens=8)]
@@ -311,6 +312,13 @@ def test_batch_view_saved_holds_every_run_numbered_from_one(stub, tmp_path):
     data = max(chart["datasets"].values(), key=len)
     assert len([d for d in data if d["phase"] == "in flight"]) == 36
     assert {d["row"] for d in data} == {f"#{i} two-proposers" for i in range(1, 13)}
+    # its SVG fallback (drawn by the view, not vl-convert): a bar per call with what it was in a
+    # hover title, and the same bars in the saved HTML and in the chart's mime bundle
+    svg = bv.timeline_svg()
+    assert svg.startswith("<svg") and svg.count("<rect") - len(PHASES) == len(data)
+    assert svg.count("<title>#1 two-proposers · in flight · step Propose") == 2
+    assert svg in bv.static_html() and bv.chart_bundle(bv.part("timeline"))["image/svg+xml"] == svg
+    assert "image/svg+xml" not in bv.chart_bundle(bv.part("timeline"), svg=False)
     # the same runs from trace ids only: prompts are read from the store
     assert [r["prompt"] for r in BatchView(store, list(df["trace_id"][:3])).rows] == prompts[:3]
     assert BatchView(store, batch_id=df.attrs["batch_id"]).summary["runs"] == 12

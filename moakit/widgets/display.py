@@ -52,13 +52,16 @@ _prefix = f"{os.getpid():x}{id(_ids) % 4096:03x}"
 class Part:
     """One output of a view. ``kind``: ``"html"``, ``"chart"`` or ``"live"``. ``static()`` gives
     the HTML of an html or live part; ``chart()`` the altair chart of a chart part (None: no
-    chart to draw); ``widget()`` the ipywidget of a live part (built once by the view)."""
+    chart to draw); ``svg()``, if given, the chart's SVG fallback drawn by the view itself
+    instead of by vl-convert (a chart of many marks); ``widget()`` the ipywidget of a live part
+    (built once by the view)."""
 
     name: str
     kind: str
     static: Callable[[], str] | None = None
     chart: Callable[[], Any] | None = None
     widget: Callable[[], Any] | None = None
+    svg: Callable[[], str | None] | None = None
 
 
 class View:
@@ -143,7 +146,15 @@ class View:
         from .chart import chart_bundle
 
         chart = part.chart() if part.chart else None
-        return None if chart is None else chart_bundle(chart, svg=svg)
+        if chart is None:
+            return None
+        if part.svg is None:
+            return chart_bundle(chart, svg=svg)
+        bundle = chart_bundle(chart, svg=False)
+        drawn = part.svg() if svg else None
+        if drawn:
+            bundle["image/svg+xml"] = drawn
+        return bundle
 
     def no_chart(self, part: Part) -> dict:
         """What a chart part shows while it has nothing to draw (a run whose first call is still
@@ -224,8 +235,11 @@ class View:
         out = []
         for part in self._parts():
             if part.kind == "chart":
-                chart = part.chart() if part.chart else None
-                if chart is not None:
+                chart = part.chart() if part.chart and part.svg is None else None
+                if part.svg is not None:
+                    svg = part.svg()
+                    out.append(f"<div class='moakit-chart'>{svg}</div>" if svg else "")
+                elif chart is not None:
                     svg = chart_svg(chart)
                     out.append(f"<div class='moakit-chart'>{svg}</div>" if svg else "")
             else:

@@ -212,3 +212,81 @@ def timeline_chart(segments: list[dict], order: list[str], *, title: str, subtit
     return alt.layer(*layers).properties(
         width="container", height=height,
         title=alt.TitleParams(title, subtitle=list(subtitle), anchor="start", subtitleColor="#555"))
+
+
+def _ticks(lo: float, hi: float, n: int = 8) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    import math
+
+    span = max(hi - lo, 1e-9)
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + k * step, 10) for k in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def timeline_svg(segments: list[dict], order: list[str], *, title: str, subtitle: Sequence[str] = (),
+                 x_title: str = "seconds since the run started", width: int = 900) -> str | None:
+    """The same waterfall as :func:`timeline_chart`, written as SVG directly: the fallback for
+    front ends without a Vega renderer (a saved notebook in nbconvert's HTML, GitHub). Each bar
+    carries an SVG ``<title>``, so browsers still show what it is on hover. Drawn here rather
+    than by vl-convert because a batch has one bar per call and phase, and rendering hundreds of
+    bars through Vega takes seconds where writing them takes milliseconds."""
+    from .html import esc as e
+
+    if not segments:
+        return None
+    lo = min(0.0, min(float(s["t0"]) for s in segments))
+    hi = max(max(float(s["t1"]) for s in segments), lo + 1e-3)
+    rows = len(order)
+    row_h = max(2.0, min(16.0, 2400.0 / max(rows, 1)))
+    label_w = 170 if rows <= 400 else 0
+    top = 34 + 14 * len(subtitle)
+    plot_w = width - label_w - 20
+    plot_h = row_h * rows
+    legend_y = top + plot_h + 50
+    height = legend_y + 24
+    x = lambda t: label_w + (float(t) - lo) / (hi - lo) * plot_w  # noqa: E731
+    y_of = {r: top + i * row_h for i, r in enumerate(order)}
+    color = dict(zip(PHASES, COLORS))
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height:.0f}' "
+           f"viewBox='0 0 {width} {height:.0f}' font-family='sans-serif' font-size='11'>",
+           f"<text x='4' y='16' font-size='13' font-weight='bold'>{e(title)}</text>"]
+    for k, line in enumerate(subtitle):
+        out.append(f"<text x='4' y='{31 + 14 * k}' fill='#555'>{e(line)}</text>")
+    for t in _ticks(lo, hi):
+        xt = x(t)
+        out.append(f"<line x1='{xt:.1f}' x2='{xt:.1f}' y1='{top}' y2='{top + plot_h:.1f}' stroke='#e6e6e6' stroke-width='0.6'/>"
+                   f"<text x='{xt:.1f}' y='{top + plot_h + 13:.1f}' text-anchor='middle' fill='#555'>{t:g}</text>")
+    out.append(f"<text x='{label_w + plot_w / 2:.0f}' y='{top + plot_h + 28:.1f}' text-anchor='middle' "
+               f"fill='#333'>{e(x_title)}</text>")
+    if label_w:
+        for r, yr in y_of.items():
+            if row_h >= 8:
+                out.append(f"<text x='{label_w - 6}' y='{yr + row_h * 0.72:.1f}' text-anchor='end'>"
+                           f"{e(r if len(r) <= 28 else r[:27] + '…')}</text>")
+    pad = row_h * (0.12 if rows < 200 else 0.03)
+    min_w = plot_w / 300
+    for s in segments:
+        yr = y_of.get(s["row"])
+        if yr is None:
+            continue
+        tip = (f"{s['row']} · {s['phase']} · step {s['step']} · {s['agent'] or '-'} ({s['model'] or '-'})\n"
+               f"started at {float(s['t0']):.3f} s, for {float(s['seconds']):.3f} s · {s['tokens']} · {s['cost']}"
+               + (f"\n{s['error']}" if s.get("error") else ""))
+        x0 = x(s["t0"])
+        if s["phase"] == "first token":
+            out.append(f"<line x1='{x0:.1f}' x2='{x0:.1f}' y1='{yr + pad:.1f}' y2='{yr + row_h - pad:.1f}' "
+                       f"stroke='black' stroke-width='2'><title>{e(tip)}</title></line>")
+            continue
+        w = max(x(max(s["t1"], s["t0"])) - x0, min_w)
+        out.append(f"<rect x='{x0:.1f}' y='{yr + pad:.1f}' width='{w:.1f}' height='{max(row_h - 2 * pad, 1):.1f}' "
+                   f"fill='{color.get(s['phase'], '#999')}' fill-opacity='0.85'><title>{e(tip)}</title></rect>")
+    lx = label_w
+    for p in PHASES:
+        out.append(f"<rect x='{lx}' y='{legend_y - 9}' width='10' height='10' fill='{color[p]}'/>"
+                   f"<text x='{lx + 14}' y='{legend_y}'><title>{e(MEANS[p])}</title>{e(p)}</text>")
+        lx += 24 + 6.2 * len(p)
+    out.append("</svg>")
+    return "".join(out)

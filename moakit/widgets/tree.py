@@ -437,21 +437,34 @@ class PipelineTree(View):
             self.draw_steps()
 
     # ---- the timeline ----------------------------------------------------------------------
-    def timeline_chart(self):
-        from .timeline import run_segments, timeline_chart, where_it_went
+    def timeline_args(self):
+        """(segments, row order, titles) of the run's timeline, or None before its first call."""
+        from .timeline import run_segments, where_it_went
 
         with self.lock:
             segs, order = run_segments(self.data)
             if not segs:
                 return None
             name = self.data.run.get("pipeline") or "the run"
-            return timeline_chart(segs, order, title=f"Timeline of {name}: each call, per step and agent",
-                                  subtitle=where_it_went(self.data))
+            return segs, order, dict(title=f"Timeline of {name}: each call, per step and agent",
+                                     subtitle=where_it_went(self.data))
+
+    def timeline_chart(self):
+        from .timeline import timeline_chart
+
+        args = self.timeline_args()
+        return None if args is None else timeline_chart(args[0], args[1], **args[2])
+
+    def timeline_svg(self) -> str | None:
+        from .timeline import timeline_svg
+
+        args = self.timeline_args()
+        return None if args is None else timeline_svg(args[0], args[1], **args[2])
 
     def parts(self) -> list[Part]:
         out = [Part("tree", "live", static=self.tree_html, widget=self.tree_widget)]
         if self.show_timeline:
-            out.append(Part("timeline", "chart", chart=self.timeline_chart))
+            out.append(Part("timeline", "chart", chart=self.timeline_chart, svg=self.timeline_svg))
         return out
 
     def __repr__(self) -> str:
@@ -688,7 +701,20 @@ class BatchView(View):
 
     # ---- the timeline ------------------------------------------------------------------------
     def timeline_chart(self):
-        from .timeline import batch_segments, timeline_chart
+        from .timeline import timeline_chart
+
+        args = self.timeline_args()
+        return None if args is None else timeline_chart(args[0], args[1], **args[2])
+
+    def timeline_svg(self) -> str | None:
+        from .timeline import timeline_svg
+
+        args = self.timeline_args()
+        return None if args is None else timeline_svg(args[0], args[1], **args[2])
+
+    def timeline_args(self):
+        """(segments, row order, titles) of the batch's timeline, or None before its first call."""
+        from .timeline import batch_segments
 
         with self.lock:
             datas = [self.datas[t] for t in self.order]
@@ -700,13 +726,14 @@ class BatchView(View):
                 (x.run.get("start_ns") or 0) for x in datas)) / 1e9 for d in datas) if datas else 0
             sub = [f"{count(s['runs'], 'run')}, {s['calls']:,} calls ({s['calls_reused']:,} {REUSED}) in "
                    f"{wall:.1f} s; each row a run, its calls drawn over one another (darker: several in flight)",
-                   f"cost {cost(s['cost_usd'], s['calls_unpriced'])}"]
-            return timeline_chart(segs, order, title="Timeline of the batch: each run's calls",
-                                  subtitle=sub, x_title="seconds since the batch started")
+                   cost(s['cost_usd'], s['calls_unpriced']) if s['calls_unpriced'] and not s['cost_usd']
+                   else f"cost {cost(s['cost_usd'], s['calls_unpriced'])}"]
+            return segs, order, dict(title="Timeline of the batch: each run's calls", subtitle=sub,
+                                     x_title="seconds since the batch started")
 
     def parts(self) -> list[Part]:
         return [Part("batch", "live", static=self.batch_html, widget=self.batch_widget),
-                Part("timeline", "chart", chart=self.timeline_chart)]
+                Part("timeline", "chart", chart=self.timeline_chart, svg=self.timeline_svg)]
 
     def __repr__(self) -> str:
         s = self.summary
