@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "01_quickstart.ipynb"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class", "model not found")
 AGENTS = ("wizardlm-2-8x22b", "qwen1.5-110b-chat", "qwen1.5-72b-chat", "llama-3-70b-instruct",
@@ -171,6 +171,9 @@ def accept_kernel_dialog(page) -> None:
     if dialog.count() and dialog.first.is_visible():
         dialog.first.locator(".jp-Dialog-button.jp-mod-accept").click()
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']:visible", timeout=120_000)
+    other = page.locator(".jp-Dialog")
+    if other.count() and other.first.is_visible():  # anything else JupyterLab asks is a failure: say what
+        pytest.fail(f"JupyterLab shows a dialog: {other.first.inner_text()[:500]!r}")
 
 
 def check_first_tree(page) -> None:

@@ -191,7 +191,10 @@ class AblationView(View):
 
     @property
     def spec(self) -> dict[str, Any]:
-        return self.chart().to_dict()
+        """The chart's Vega-Lite spec as it is emitted (:func:`moakit.widgets.chart.chart_spec`)."""
+        from .chart import chart_spec
+
+        return chart_spec(self.chart())
 
     def table_columns(self) -> list[str]:
         return [c.name for c in self.figures.columns]
@@ -352,7 +355,10 @@ class ImpactView(View):
 
     @property
     def spec(self) -> dict[str, Any]:
-        return self.chart().to_dict()
+        """The chart's Vega-Lite spec as it is emitted (:func:`moakit.widgets.chart.chart_spec`)."""
+        from .chart import chart_spec
+
+        return chart_spec(self.chart())
 
     def table4_html(self) -> str:
         """Table 4 as the paper prints it, moakit's score [95% interval] beside the paper's figure."""

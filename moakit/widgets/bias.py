@@ -254,8 +254,10 @@ class BiasView(View):
 
     @property
     def spec(self) -> dict[str, Any] | None:
+        from .chart import chart_spec
+
         c = self.chart()
-        return None if c is None else c.to_dict()
+        return None if c is None else chart_spec(c)
 
     # ---- parts -------------------------------------------------------------------------------
     def reading_html(self) -> str:

@@ -2,8 +2,12 @@
 
 * ``application/vnd.vegalite.v5+json``: JupyterLab (and Notebook 7, VS Code) draws it with its
   own bundled Vega, no network: tooltips (each one defines its figure), the chart's export menu
-  (SVG, PNG, source), zoom where a chart binds its scales, and the width of the cell (single and
-  layered charts ask for ``width: "container"``). The JupyterLab installed here (4.6) renders
+  (SVG, PNG, source) and zoom where a chart binds its scales. Views write ``width: "container"``;
+  it is made a fixed width (:data:`CHART_WIDTH`) before the spec is emitted, because in
+  JupyterLab 4.6 a container-width chart in an output area resizes itself in a loop until the
+  browser's page runs out of memory and crashes (seen in headless Chromium opening a saved
+  quickstart: a fixed width opened it, the same chart with "container" crashed the page, with or
+  without zoom and with ``autosize: fit-x``). The JupyterLab installed here (4.6) renders
   Vega-Lite 5.6.1 and no later major version, so the spec declares the v5 schema and uses only
   what Vega-Lite 5 knows.
 * ``image/svg+xml``: the same chart rendered in-process by ``vl-convert`` (no browser, no
@@ -15,12 +19,11 @@ display time, so they draw nothing offline or from a saved notebook opened witho
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 VEGALITE_MIME = "application/vnd.vegalite.v5+json"
 VEGALITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
-SVG_WIDTH = 640  # a "container" width when there is no container (the SVG)
+CHART_WIDTH = 720  # what a "container" width becomes (see the module's docstring)
 SVG_VL_VERSION = "5.8"  # the oldest Vega-Lite vl-convert has: the closest to JupyterLab's 5.6
 
 
@@ -36,15 +39,15 @@ def chart_spec(chart) -> dict:
     """The chart's Vega-Lite spec, declaring the v5 schema (what JupyterLab renders)."""
     # not validated against altair's (v6) schema here: slow (tens of ms a chart), and the views'
     # specs are validated by the tests
-    spec = chart.to_dict(validate=False) if hasattr(chart, "to_dict") else copy.deepcopy(chart)
+    spec = _fixed(chart.to_dict(validate=False) if hasattr(chart, "to_dict") else chart)
     spec["$schema"] = VEGALITE_SCHEMA
     return spec
 
 
 def _fixed(spec: Any) -> Any:
-    """The spec with every ``width: "container"`` made a number (an SVG has no container)."""
+    """The spec with every ``width: "container"`` made a number (see the module's docstring)."""
     if isinstance(spec, dict):
-        return {k: (SVG_WIDTH if k == "width" and v == "container" else _fixed(v)) for k, v in spec.items()}
+        return {k: (CHART_WIDTH if k == "width" and v == "container" else _fixed(v)) for k, v in spec.items()}
     if isinstance(spec, list):
         return [_fixed(v) for v in spec]
     return spec
