@@ -15,6 +15,7 @@ and encoded once; it is not thread-safe (one per writer).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -185,6 +186,12 @@ _REPLAYED = f", {_encode(A.REPLAYED_FROM)}: "
 _ETYPE = f", {_encode(A.ERROR_TYPE)}: "
 
 
+@functools.lru_cache(maxsize=256)
+def _member(key: str) -> str:
+    """``, "key": `` (the few keys of a call's further attributes repeat on every call)."""
+    return f", {_encode(key)}: "
+
+
 class RowBuilder:
     """Turns records into rows (see the module's docstring). ``redactor`` defaults to the
     process's :data:`~moakit.store.redact.REDACTOR`."""
@@ -282,11 +289,21 @@ class RowBuilder:
         return piece
 
     def _extra(self, extra: dict[str, Any]) -> str:
+        """The further attributes as JSON members, as ``dumps`` writes them: strings redacted
+        (a call's are from a short fixed set, e.g. the transport: memoized like names), finite
+        floats and ints by their repr (what ``dumps`` writes for them)."""
         out = []
         for k, v in extra.items():
-            if isinstance(v, str):
-                v = self.clean(v)
-            out.append(f", {_encode(k)}: {dumps(v)}")
+            t = type(v)
+            if t is str:
+                value = _encode(self.name(v))
+            elif t is float and v - v == 0.0:  # finite (NaN and the infinities have JSON spellings of their own)
+                value = float.__repr__(v)
+            elif t is int:
+                value = int.__repr__(v)
+            else:
+                value = dumps(self.clean(v) if isinstance(v, str) else v)
+            out.append(_member(k) + value)
         return "".join(out)
 
     def content(self, text: str) -> tuple[str, str]:
