@@ -267,6 +267,7 @@ def resolve(spec: ModelSpec, litellm) -> Route:
 
 
 # ---- one pooled session per event loop ------------------------------------------------------
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # = json.dumps(obj, ensure_ascii=False), no encoder per call
 _sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
 _timeouts: dict[float, Any] = {}
 
@@ -278,6 +279,13 @@ async def _keeper(session):
         yield
     finally:
         await session.close()
+
+
+def open_session():
+    """This event loop's aiohttp session if it has an open one, else None (no await on the way
+    of each call)."""
+    hit = _sessions.get(asyncio.get_running_loop())
+    return hit[0] if hit is not None and not hit[0].closed else None
 
 
 async def session():
@@ -340,8 +348,8 @@ async def post(route: Route, messages: list[dict], temperature, max_tokens, seed
     id), or raise the exception litellm would raise for what came back."""
     import aiohttp
 
-    payload = json.dumps(route.body(messages, temperature, max_tokens, seed), ensure_ascii=False).encode("utf-8")
-    s = await session()
+    payload = _dumps(route.body(messages, temperature, max_tokens, seed)).encode("utf-8")
+    s = open_session() or await session()
     t0 = time.perf_counter()
     try:
         async with s.post(route.url, data=payload, headers=route.headers, timeout=_timeout(timeout)) as resp:

@@ -15,6 +15,7 @@ and encoded once; it is not thread-safe (one per writer).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -185,6 +186,12 @@ _REPLAYED = f", {_encode(A.REPLAYED_FROM)}: "
 _ETYPE = f", {_encode(A.ERROR_TYPE)}: "
 
 
+@functools.lru_cache(maxsize=256)
+def _member(key: str) -> str:
+    """``, "key": `` (the few keys of a call's further attributes repeat on every call)."""
+    return f", {_encode(key)}: "
+
+
 class RowBuilder:
     """Turns records into rows (see the module's docstring). ``redactor`` defaults to the
     process's :data:`~moakit.store.redact.REDACTOR`."""
@@ -197,7 +204,9 @@ class RowBuilder:
         self._names: dict[str, str] = {}
         self._heads: dict[tuple, str] = {}
         self._inputs: dict[int, tuple] = {}  # id(messages) -> (messages, redacted JSON, hash)
-        self._shown: tuple = (None, None, None, None, None, "")  # the last shown lists and their JSON piece
+        # id(sources) -> (the shown lists, randomized, shuffle step, their JSON piece): the calls of a layer
+        # share these lists, and the layers of a batch's runs end interleaved
+        self._shown: dict[int, tuple] = {}
         self._long: dict[str, str] = {}  # repeated long run / step values (pipeline, models) -> redacted
 
     # ---- redaction ---------------------------------------------------------------------
@@ -209,7 +218,7 @@ class RowBuilder:
             self._heads.clear()
             self._inputs.clear()
             self._long.clear()
-            self._shown = (None, None, None, None, None, "")
+            self._shown.clear()
 
     def clean(self, v: str) -> str:
         """``v`` redacted (an id-like string passes as it is when nothing could change it)."""
@@ -267,8 +276,8 @@ class RowBuilder:
     def _shown_piece(self, r: CallRecord) -> str:
         """The attributes describing what was shown to a call (one string per layer: its calls
         share these lists)."""
-        hit = self._shown
-        if hit[0] is r.sources and hit[1] is r.source_agents and hit[2] is r.shown_hashes \
+        hit = self._shown.get(id(r.sources))
+        if hit is not None and hit[0] is r.sources and hit[1] is r.source_agents and hit[2] is r.shown_hashes \
                 and hit[3] == r.randomized and hit[4] == r.shuffle_step:
             return hit[5]
         piece = (f", {_encode(A.INPUT_SOURCES)}: {_encode(self.clean(dumps(list(r.sources))))}"
@@ -278,15 +287,27 @@ class RowBuilder:
         piece += f", {_encode(A.INPUT_RANDOMIZED)}: {'true' if r.randomized else 'false'}"
         if r.shuffle_step is not None:
             piece += f", {_encode(A.INPUT_SHUFFLE_STEP)}: {int(r.shuffle_step)}"
-        self._shown = (r.sources, r.source_agents, r.shown_hashes, r.randomized, r.shuffle_step, piece)
+        if len(self._shown) >= 256:
+            self._shown.clear()
+        self._shown[id(r.sources)] = (r.sources, r.source_agents, r.shown_hashes, r.randomized, r.shuffle_step, piece)
         return piece
 
     def _extra(self, extra: dict[str, Any]) -> str:
+        """The further attributes as JSON members, as ``dumps`` writes them: strings redacted
+        (a call's are from a short fixed set, e.g. the transport: memoized like names), finite
+        floats and ints by their repr (what ``dumps`` writes for them)."""
         out = []
         for k, v in extra.items():
-            if isinstance(v, str):
-                v = self.clean(v)
-            out.append(f", {_encode(k)}: {dumps(v)}")
+            t = type(v)
+            if t is str:
+                value = _encode(self.name(v))
+            elif t is float and v - v == 0.0:  # finite (NaN and the infinities have JSON spellings of their own)
+                value = float.__repr__(v)
+            elif t is int:
+                value = int.__repr__(v)
+            else:
+                value = dumps(self.clean(v) if isinstance(v, str) else v)
+            out.append(_member(k) + value)
         return "".join(out)
 
     def content(self, text: str) -> tuple[str, str]:

@@ -103,7 +103,8 @@ class Redactor:
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, MASK)
-        low = "" if any(c in text for c in _FOLDS_TO_ASCII) else text.lower()  # "": literal checks unsafe
+        # "": literal checks unsafe (the fold characters are not ASCII: an ASCII text skips the scan)
+        low = text.lower() if text.isascii() or not any(c in text for c in _FOLDS_TO_ASCII) else ""
         if not low or any(n in low for n in _ALL_NEEDS) or None in self._needs:
             for p, needs in zip(self.patterns, self._needs):
                 if needs is not None and low:
