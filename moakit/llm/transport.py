@@ -382,8 +382,8 @@ async def post_stream(route: Route, messages: list[dict], temperature, max_token
 
     body = route.body(messages, temperature, max_tokens, seed)
     body = dict(body, stream=True, stream_options={"include_usage": True})
-    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    s = await session()
+    payload = _dumps(body).encode("utf-8")
+    s = open_session() or await session()
     t0 = time.perf_counter()
     parts: list[str] = []
     ttft = None
