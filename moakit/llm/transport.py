@@ -359,6 +359,11 @@ async def post(route: Route, messages: list[dict], temperature, max_tokens, seed
         raise route.timeout_error(timeout, time.perf_counter() - t0) from None
     except (aiohttp.ClientError, ConnectionError, OSError) as e:
         raise route.connection_error(e) from None
+    return whole_answer(route, status, raw, headers, ctype)
+
+
+def whole_answer(route: Route, status: int, raw: bytes, headers, ctype: str) -> dict:
+    """The JSON object of a whole (unstreamed) answer, or the exception litellm would raise for it."""
     if status >= 400:
         raise route.status_error(status, raw, headers)
     try:
@@ -427,15 +432,7 @@ async def post_stream(route: Route, messages: list[dict], temperature, max_token
     except (aiohttp.ClientError, ConnectionError, OSError) as e:
         raise route.connection_error(e) from None
     if raw is not None:  # an error, or a server that ignored stream=True
-        if status >= 400:
-            raise route.status_error(status, raw, headers)
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise route.malformed(raw, e, ctype) from None
-        if not isinstance(data, dict):
-            raise route.malformed(raw, ValueError("the body is not a JSON object"), ctype)
-        return data, None
+        return whole_answer(route, status, raw, headers, ctype), None
     if parts or finish is not None:
         out["choices"] = [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
                            "finish_reason": finish}]

@@ -290,3 +290,19 @@ def timeline_svg(segments: list[dict], order: list[str], *, title: str, subtitle
         lx += 24 + 6.2 * len(p)
     out.append("</svg>")
     return "".join(out)
+
+
+class HasTimeline:
+    """A view with a timeline: it gives :meth:`timeline_args` (segments, row order and titles, or
+    None before the first call); the chart and its SVG fallback are drawn from them."""
+
+    def timeline_args(self):  # pragma: no cover - every view with a timeline defines it
+        raise NotImplementedError
+
+    def timeline_chart(self):
+        args = self.timeline_args()
+        return None if args is None else timeline_chart(args[0], args[1], **args[2])
+
+    def timeline_svg(self) -> str | None:
+        args = self.timeline_args()
+        return None if args is None else timeline_svg(args[0], args[1], **args[2])

@@ -32,6 +32,7 @@ from .display import Part, View
 from .html import (BORDER, FONT, GREEN, MUTED, NUM, PRE, RED, REUSED, REUSED_MEANS, TABLE, TD, TH, as_float, as_int,
                    badge, clip, cost, count, esc, isnull, money, seconds, short)
 from .table import Column, Table
+from .timeline import HasTimeline
 from .trace import TraceData, query_text
 
 __all__ = ["PipelineTree", "BatchView", "tree_text", "step_action", "money", "seconds"]
@@ -131,7 +132,7 @@ def key_html(items) -> str:
             f"<div style='border-left:2px solid {BORDER};padding-left:6px'>{rows}</div></details>")
 
 
-class PipelineTree(View):
+class PipelineTree(HasTimeline, View):
     """The tree of one run. ``PipelineTree(store, trace_id)`` (a unique prefix of the trace id
     is enough; ``store`` may be a path); a live view passes ``data=`` (a
     :class:`~moakit.widgets.trace.TraceData` it fills in).
@@ -449,18 +450,6 @@ class PipelineTree(View):
             return segs, order, dict(title=f"Timeline of {name}: each call, per step and agent",
                                      subtitle=where_it_went(self.data))
 
-    def timeline_chart(self):
-        from .timeline import timeline_chart
-
-        args = self.timeline_args()
-        return None if args is None else timeline_chart(args[0], args[1], **args[2])
-
-    def timeline_svg(self) -> str | None:
-        from .timeline import timeline_svg
-
-        args = self.timeline_args()
-        return None if args is None else timeline_svg(args[0], args[1], **args[2])
-
     def parts(self) -> list[Part]:
         out = [Part("tree", "live", static=self.tree_html, widget=self.tree_widget)]
         if self.show_timeline:
@@ -493,7 +482,7 @@ RUN_COLUMNS = [
 ]
 
 
-class BatchView(View):
+class BatchView(HasTimeline, View):
     """Many runs: ``BatchView(store, runs)`` where ``runs`` is a :func:`moakit.run_batch`
     DataFrame, a list of trace ids, or ``None`` for every run in the store (``batch_id=`` keeps
     one batch). Shows the totals, a table of every run (numbered from 1; sortable and filterable
@@ -700,18 +689,6 @@ class BatchView(View):
             pw["title"].value = self.opened_title()
 
     # ---- the timeline ------------------------------------------------------------------------
-    def timeline_chart(self):
-        from .timeline import timeline_chart
-
-        args = self.timeline_args()
-        return None if args is None else timeline_chart(args[0], args[1], **args[2])
-
-    def timeline_svg(self) -> str | None:
-        from .timeline import timeline_svg
-
-        args = self.timeline_args()
-        return None if args is None else timeline_svg(args[0], args[1], **args[2])
-
     def timeline_args(self):
         """(segments, row order, titles) of the batch's timeline, or None before its first call."""
         from .timeline import batch_segments
