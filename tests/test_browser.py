@@ -178,7 +178,7 @@ def accept_kernel_dialog(page) -> None:
 
 def check_first_tree(page) -> None:
     """The first tree is the MoA-Lite run: 13 call rows, every agent, the totals line."""
-    tree = page.locator(".moakit-tree").first
+    tree = page.locator(".moakit-tree:visible").first
     assert tree.locator("tr.moakit-call").count() == 13
     text = tree.inner_text()
     for agent in AGENTS:
@@ -217,7 +217,7 @@ def run_all(page, failed: Path = ARTIFACTS / "quickstart-failed.png") -> None:
         pytest.fail("could not start the notebook's cells from the Run menu or the keyboard")
 
 
-def screenshot(page, path: Path, selector: str | None = ".moakit-tree") -> None:
+def screenshot(page, path: Path, selector: str | None = ".moakit-tree:visible") -> None:
     """A screenshot of the page with the first ``selector`` scrolled to the top (None: as it is)."""
     if selector:
         page.locator(selector).first.evaluate("e => e.scrollIntoView({block: 'start'})")
@@ -249,7 +249,7 @@ def test_quickstart_runs_in_jupyterlab_and_draws_the_tree(lab, browser):
     batch = page.inner_text(".moakit-batch")
     assert "9 runs" in batch and "together_moa" in batch and "refine_pipeline" in batch
     # a call's prompt unfolds on click
-    agg = page.locator(".moakit-tree").first.locator("tr.moakit-call details").last
+    agg = page.locator(".moakit-tree:visible").first.locator("tr.moakit-call details").last
     agg.locator("summary").click()
     assert "You have been provided with a set of responses" in agg.inner_text()
     screenshot(page, ARTIFACTS / "quickstart.png")
