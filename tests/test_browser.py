@@ -456,3 +456,32 @@ def test_a_live_run_fills_in_its_tree_in_jupyterlab(lab, browser):
     assert _visible_broken(page) == 0
     page.screenshot(path=str(ARTIFACTS / "live-run-done.png"))
     page.close()
+
+
+def test_a_chart_shows_its_tooltip_in_jupyterlab_offline(lab_without_kernel, browser):
+    """JupyterLab draws the Vega-Lite bundle with its own Vega (no network: every request off
+    the local server is refused); moving the mouse over the positional-bias chart brings up a
+    tooltip that says what the figure is."""
+    base, token, _ = lab_without_kernel
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
+    name = "03_positional_bias.ipynb"
+    page.goto(f"{base}/lab/workspaces/tooltips/tree/{name}?token={token}&reset")
+    chart = page.locator(".vega-embed >> visible=true").first
+    chart.wait_for(timeout=180_000)
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    box = chart.bounding_box()
+    tip = page.locator("#vg-tooltip-element.visible")
+    found = ""
+    for j in range(4, 60, 3):  # sweep the plot until a mark is under the mouse
+        for i in range(4, 96, 2):
+            page.mouse.move(box["x"] + box["width"] * i / 100, box["y"] + box["height"] * j / 100)
+            if tip.count():
+                found = tip.inner_text()
+                break
+        if found:
+            break
+    assert found, "no tooltip came up over the chart"
+    assert "excess over chance" in found or "share" in found, found
+    page.close()
