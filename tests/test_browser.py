@@ -467,7 +467,7 @@ def test_a_chart_shows_its_tooltip_in_jupyterlab_offline(lab_without_kernel, bro
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
     name = "03_positional_bias.ipynb"
     page.goto(f"{base}/lab/workspaces/tooltips/tree/{name}?token={token}&reset")
-    chart = page.locator(".vega-embed >> visible=true").first
+    chart = page.locator(".jp-RenderedVegaCommon5 .marks >> visible=true").first  # what Vega drew (canvas or svg)
     chart.wait_for(timeout=180_000)
     chart.scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
