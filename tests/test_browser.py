@@ -155,10 +155,10 @@ def browser():
 def open_notebook(browser, lab, name):
     base, token, _ = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{base}/lab/tree/{name}?token={token}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    # the visible one: JupyterLab may restore the module's earlier notebook in a hidden tab, whose
-    # indicator comes first in the page (a clean-clone run waited 120 s on that hidden one)
+    # a workspace of its own: in the default one JupyterLab reopens the module's earlier notebooks in
+    # hidden tabs, whose cells come first in the page (a clean-clone run waited on those hidden ones)
+    page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell >> visible=true", timeout=90_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']:visible", timeout=120_000)
     accept_kernel_dialog(page)
     return page
@@ -285,12 +285,30 @@ def test_executed_quickstart_shows_its_widgets_from_saved_state(lab, browser):
 #: notebook -> (the views' CSS classes that must show, words that must be read in them, runs in its BatchView)
 SHARED = {
     "03_positional_bias.ipynb": ({"moakit-bias": ("excess over chance", "95% interval", "what the columns mean"),
-                                  "moakit-batch": ("10 runs", "run #1")}, 10),
+                                  "moakit-batch": ("10 runs", "run #1"), "moakit-progress": ("100%", "10/10")}, 10),
     "04_ablation.ipynb": ({"moakit-ablation": ("(the baseline) scores", "calls reused", "difference from"),
-                           "moakit-batch": ("24 runs", "run #1")}, 24),
+                           "moakit-batch": ("24 runs", "run #1"), "moakit-progress": ("variants", "100%")}, 24),
     "05_impact.ipynb": ({"moakit-impact": ("Table 4 layout", "Pairwise contrasts", "what the columns mean")}, None),
 }
 BROKEN = ("Error displaying widget", "model not found", "Failed to load model class")
+
+
+def check_views(page, name: str, shown: str, where: str) -> None:
+    """Each of ``name``'s views (SHARED) has a static copy on the page (``shown``: a selector
+    suffix, ":visible" where hidden copies exist) holding its words, the BatchView lists every
+    run, and no widget error is written on the page. ``where`` names the page in messages."""
+    views, runs = SHARED[name]
+    body = page.inner_text("body")
+    for err in BROKEN:
+        assert err not in body, f"{name}: {err} in {where}"
+    for cls, words in views.items():
+        copies = page.locator(f".moakit-static.{cls}{shown}")
+        assert copies.count() >= 1, f"{name}: no {cls} in {where}"
+        text = " ".join(copies.all_inner_texts())
+        for w in words:
+            assert w in text, f"{name}: {w!r} not in {where}'s {cls}"
+    if runs:  # every run's summary is in the saved BatchView
+        assert page.locator(f".moakit-static.moakit-batch{shown} tr.moakit-row").count() == runs, where
 
 
 @pytest.fixture(scope="module")
@@ -355,24 +373,14 @@ def test_saved_notebook_reads_with_no_kernel_in_jupyterlab(lab_without_kernel, b
     page.goto(f"{base}/lab/workspaces/{name.removesuffix('.ipynb')}/tree/{name}?token={token}&reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell >> visible=true", timeout=90_000)
     _no_kernel(lab_without_kernel)
-    views, runs = SHARED[name]
+    views = SHARED[name][0]
     for cls in views:  # a notebook with many outputs takes a while on a loaded machine
         page.wait_for_selector(f".moakit-static.{cls}", state="attached", timeout=180_000)
     # charts draw after JupyterLab loads its Vega renderer
     page.wait_for_selector(".jp-RenderedVegaCommon5, .vega-embed, .jp-RenderedSVG", state="attached",
                            timeout=120_000)
     page.wait_for_timeout(4000)  # saved widget views and Vega charts draw one after another
-    body = page.inner_text("body")
-    for err in BROKEN:
-        assert err not in body, f"{name}: {err}"
-    for cls, words in views.items():
-        shown = page.locator(f".moakit-static.{cls}:visible")
-        assert shown.count() >= 1, f"{name}: no {cls} shows"
-        text = " ".join(shown.all_inner_texts())
-        for w in words:
-            assert w in text, f"{name}: {w!r} not in the saved {cls}"
-    if runs:  # every run's summary is in the saved BatchView
-        assert page.locator(".moakit-static.moakit-batch:visible tr.moakit-row").count() == runs
+    check_views(page, name, ":visible", "the saved notebook")
     # the charts: drawn by JupyterLab's own Vega (no network), or as the saved SVG
     charts = page.locator(".jp-RenderedVegaCommon5, .vega-embed, .jp-RenderedSVG, .jp-RenderedImage")
     assert charts.count() >= 1, f"{name}: no chart drawn"
@@ -398,19 +406,8 @@ def test_saved_notebook_as_nbconvert_html_holds_the_same_content(executed, brows
     page.route("http*://**", lambda route: route.abort())  # offline: no CDN
     page.goto(html_file.as_uri())
     page.wait_for_timeout(1500)
-    views, runs = SHARED[name]
-    for cls, words in views.items():
-        shown = page.locator(f".moakit-static.{cls}")
-        assert shown.count() >= 1, f"{name}: no {cls} in the HTML"
-        text = " ".join(shown.all_inner_texts())
-        for w in words:
-            assert w in text, f"{name}: {w!r} not in the HTML's {cls}"
-    if runs:
-        assert page.locator(".moakit-static.moakit-batch tr.moakit-row").count() == runs
+    check_views(page, name, "", "the HTML")
     assert page.locator("svg.marks, img[src^='data:image/svg+xml']").count() >= 1, f"{name}: no chart drawn"
-    body = page.inner_text("body")
-    for err in BROKEN:
-        assert err not in body
     shot = ARTIFACTS / f"nbconvert-{name.removesuffix('.ipynb')}.png"
     page.screenshot(path=str(shot), full_page=True)
     page.close()

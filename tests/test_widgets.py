@@ -531,3 +531,33 @@ def test_quickstart_executed_headless_saves_the_tree_in_widget_state(tmp_path):
         assert f"<b>{agent}</b>" in tree_html
     # the Shuffle/Dropout run says what they did
     assert any("permutation [" in html_under(v) for v in views[1:])
+
+
+def test_a_batch_progress_bar_saved_in_a_notebook_reads_as_text(tmp_path):
+    """``run_batch`` in a notebook executed headless: the tqdm widget is wrapped like every live
+    view (hidden once no kernel is behind it, which JupyterLab would otherwise draw as four
+    broken-link icons), and its static copy, redrawn when the bar closed, holds the last line."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = ["import moakit\nfrom moakit import Aggregate, Propose\nfrom moakit.testing.stub_server import StubServer\n"
+             "with StubServer() as stub:\n"
+             "    models = {a: stub.model(a) for a in ('a', 'agg')}\n"
+             f"    df = moakit.run_batch([Propose(['a']), Aggregate('agg')], ['q1', 'q2', 'q3'], models=models,\n"
+             f"                          store={str(tmp_path / 'p.db')!r}, name='bar-test', seed=0)"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=True,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outs = nb.cells[0].outputs
+    htmls = [o["data"]["text/html"] for o in outs if "text/html" in o.get("data", {})]
+    static = [h for h in htmls if "moakit-progress" in h]
+    assert len(static) == 1, htmls
+    line = re.sub(r"<[^>]+>", "", static[0]).replace("\u2007", " ")
+    assert "bar-test" in line and "3/3" in line and "calls 6 paid · 0 reused" in line, line
+    assert "moakit-kernel-note" not in static[0]  # a finished bar needs no kernel to be read
+    models = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for o in outs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1  # the bar is not displayed a second time by tqdm itself
+    classes = models[views[0]]["state"]["_dom_classes"]
+    assert "moakit-live" in classes and "moakit-progress" in classes
+    assert not any(o.get("output_type") == "error" for o in outs)

@@ -111,13 +111,12 @@ def run_variants(variants: Mapping[str, Any], items: list, refs: list | None, *,
     import pandas as pd
 
     from ..runner import run_batch
+    from ..runner.api import progress_bar
 
     bar = None
     total = len(variants) * repeats
     if progress and total > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="variants", unit="batch")
+        bar = progress_bar(total, "variants", "batch")
     frames = []
 
     def tag(df, name, r):

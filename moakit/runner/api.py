@@ -46,6 +46,12 @@ def live_view(kind: str, **info):
     return importlib.import_module("moakit.widgets").live_view(kind, **info)
 
 
+def progress_bar(total: int, desc: str, unit: str):
+    """A batch's or an ablation's tqdm bar, displayed now; in a notebook the widgets layer shows
+    it so that a saved notebook reads its last line (looked up by name, as :func:`live_view`)."""
+    return importlib.import_module("moakit.widgets").progress_bar(total, desc, unit)
+
+
 def check_call(pipeline, query, store, cache) -> None:
     """Input errors that must fail before the trace file is even opened."""
     S.validate_pipeline(pipeline)

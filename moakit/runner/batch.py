@@ -15,7 +15,7 @@ from ..steps import validate_pipeline
 from ..store.keys import derived_seed
 from ..store.records import CallRecord
 from ..store.store import open_store
-from .api import live_view, make_session
+from .api import live_view, make_session, progress_bar
 from .budget import Budget, make_budget
 from .engine import Runner
 from .loop import run_sync
@@ -129,9 +129,7 @@ async def arun_batch(pipeline, prompts, *, seed: int | None = None, models: Any 
     label = base.name or pipeline_label(base.pipeline)
     bar = meter = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc=label, unit="prompt")
+        bar = progress_bar(len(items), label, "prompt")
         meter = Progress(bar)
     view = live_view("batch", total=len(items), name=label) if live else None
     listeners = [*listeners, *([meter] if meter else []), *([view] if view else [])]

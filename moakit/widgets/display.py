@@ -69,6 +69,8 @@ class View:
     and ``css_class``; ``__repr__`` gives the text form."""
 
     css_class = "moakit-view"
+    #: what a saved copy of a live part says needs a kernel ("": nothing to say)
+    kernel_note = KERNEL_NOTE
 
     def parts(self) -> list[Part]:  # pragma: no cover - every view defines it
         raise NotImplementedError
@@ -105,8 +107,9 @@ class View:
         note = ""
         rules = ""
         if part.kind == "live":
-            note = (f"<div class='moakit-kernel-note' style='color:{MUTED};font-size:11px;margin-top:4px'>"
-                    f"{esc(KERNEL_NOTE)}</div>")
+            if self.kernel_note:
+                note = (f"<div class='moakit-kernel-note' style='color:{MUTED};font-size:11px;margin-top:4px'>"
+                        f"{esc(self.kernel_note)}</div>")
             # trusted JupyterLab with no saved widget state: the widget output after this copy can
             # only say "model not found"; this copy already shows the view
             rules = (f"<style>.jp-OutputArea-child:has(.moakit-static-live-{self.uid}) + .jp-OutputArea-child:has("
