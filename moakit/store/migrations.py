@@ -167,3 +167,13 @@ def m006_one_span_per_logical_call(db):
                                       ELSE json_set(attributes, '$."gen_ai.agent.name"',
                                                     json_extract(attributes, '$."moakit.pipeline.name"')) END
         WHERE kind = 'run'""")
+
+
+@migration
+def m007_parent_index_for_attempts_only(db):
+    # The only look-up by parent id is of a call's failed attempts (TraceStore.call_contents:
+    # `kind = 'attempt' AND parent_id IN (...)`); runs, steps and calls are found by trace id
+    # (spans_trace, spans_run, spans_step). Attempts are the few retried calls' rows, so a
+    # partial index keeps that look-up indexed while the other rows stay out of it.
+    db.execute("DROP INDEX IF EXISTS spans_parent")
+    db.execute("CREATE INDEX IF NOT EXISTS spans_attempt_parent ON spans(parent_id) WHERE kind = 'attempt'")
