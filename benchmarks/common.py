@@ -226,7 +226,7 @@ def instant_moakit(chars: int = 1500, stub_answers: bool = False):
     answers: dict[str, str] = {}
     unique = itertools.count()
 
-    async def _complete(self, req):
+    async def _complete(self, req, on_chunk=None):
         model = req.spec.model
         if stub_answers:
             text = answer_text({"model": model.split("/", 1)[-1], "messages": req.messages, "seed": req.seed})

@@ -226,7 +226,7 @@ def test_bad_input_fails_early_clearly_and_touches_nothing(case, ctx, monkeypatc
     _id, action, exc_type, pattern = case
     attempted = []
 
-    async def no_call(self, req):  # moakit's one litellm call site
+    async def no_call(self, req, on_chunk=None):  # moakit's one litellm call site
         attempted.append(req.spec.model)
         raise AssertionError(f"a model call was attempted for {req.spec.model}")
 

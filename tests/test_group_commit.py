@@ -25,7 +25,7 @@ KIND, CACHED, SPAN = SPAN_COLUMNS.index("kind"), SPAN_COLUMNS.index("cached"), S
 @pytest.fixture
 def instant(monkeypatch):
     """A model that answers at once, and a record of what was committed when each call returned."""
-    async def _complete(self, req):
+    async def _complete(self, req, on_chunk=None):
         if "dbrx" in req.spec.model:  # one proposer always fails: failed attempts are recorded too
             raise C.MalformedResponse("no choices")
         return C.Outcome(0, 0, 0, text=f"answer of {req.spec.model}", input_tokens=10, output_tokens=5, cost_usd=0.0,

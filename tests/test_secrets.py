@@ -141,7 +141,7 @@ def test_a_key_cut_at_the_error_length_limit_is_not_half_left(tmp_path, monkeypa
 
     msg = "x" * 1990 + key + " tail"
 
-    async def fail(self, req):
+    async def fail(self, req, on_chunk=None):
         raise Leaky(msg)
 
     monkeypatch.setattr("moakit.llm.caller.Caller._complete", fail)

@@ -98,7 +98,7 @@ def _batch(store, prompts, **kw):
 def recorded(tmp_path, monkeypatch):
     from moakit.llm import caller as C
 
-    async def _complete(self, req):
+    async def _complete(self, req, on_chunk=None):
         return C.Outcome(0, 0, 0, text=f"answer {req.seed} of {req.spec.model}", input_tokens=10, output_tokens=5,
                          cost_usd=0.0, response_model=req.spec.model, finish_reason="stop", response_id="id-1")
 

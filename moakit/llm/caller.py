@@ -395,8 +395,7 @@ class Caller:
                 r, ticket = await budget.take(estimate_tokens(req.messages, req.max_tokens))
             start, sent = time.time_ns(), time.monotonic()
             try:
-                # (tests and benchmarks stand in for _complete(req): called with one argument unless streaming)
-                out = await (self._complete(req) if on_chunk is None else self._complete(req, on_chunk))
+                out = await self._complete(req, on_chunk)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome
