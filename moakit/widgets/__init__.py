@@ -18,9 +18,9 @@ from __future__ import annotations
 
 _LAZY = {"PipelineTree": "tree", "BatchView": "tree", "BiasView": "bias", "AblationView": "ablation",
          "ImpactView": "ablation", "TraceData": "trace", "Table": "table", "Column": "table", "View": "display",
-         "DiffView": "diff"}
+         "DiffView": "diff", "progress_bar": "progress"}
 
-__all__ = ["show", "show_result", "view", "live_view", "progress_bar", *_LAZY]
+__all__ = ["show", "show_result", "view", "live_view", *_LAZY]
 
 
 def __getattr__(name):
@@ -50,14 +50,6 @@ def live_view(kind: str, **info):
     from .live import live_view as make
 
     return make(kind, **info)
-
-
-def progress_bar(total: int, desc: str, unit: str):
-    """The progress bar of ``run_batch`` and ``ablation``: tqdm's, shown in a notebook so that a
-    saved notebook reads its last line (see :mod:`moakit.widgets.progress`)."""
-    from .progress import progress_bar as make
-
-    return make(total, desc, unit)
 
 
 def view(runs, store=None, **kwargs):

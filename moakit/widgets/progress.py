@@ -43,15 +43,15 @@ def progress_bar(total: int, desc: str, unit: str):
     from IPython.display import display
 
     class NotebookBar(tqdm):
+        view = None
+
         def close(self):
             super().close()
-            view = self.__dict__.get("view")
-            if view is not None:  # the saved notebook keeps the bar's last line
-                self.__dict__["view"] = None
+            if self.view is not None:  # the saved notebook keeps the bar's last line (redrawn once)
+                view, self.view = self.view, None
                 view.refresh()
 
     bar = NotebookBar(total=total, desc=desc, unit=unit, display=False)
-    view = ProgressView(bar)
-    display(view)
-    bar.view = view
+    bar.view = ProgressView(bar)
+    display(bar.view)
     return bar
