@@ -52,8 +52,10 @@ def test_sign_flip_monte_carlo_interval_and_p_never_disagree():
 
 def test_sign_flip_degenerate_inputs():
     rng = np.random.default_rng(0)
-    r = sign_flip([0.0] * 6, n_perm=100, rng=rng)
-    assert r["p_value"] == 1.0 and r["ci_low"] == pytest.approx(0) and r["ci_high"] == pytest.approx(0)
+    # a variant identical to the baseline: exactly [0, 0] (not the tie margin, -1e-12), exact and Monte Carlo
+    for n in (6, 40):
+        r = sign_flip([0.0] * n, n_perm=100, rng=rng)
+        assert r["p_value"] == 1.0 and (r["ci_low"], r["ci_high"]) == (0.0, 0.0)
     # five prompts: the smallest exact two-sided p is 2/32 > 0.05, so no delta is ever rejected
     r = sign_flip([1.0] * 5, n_perm=100, rng=rng)
     assert r["p_value"] == 2 / 32 and r["ci_low"] == -math.inf and r["ci_high"] == math.inf

@@ -245,8 +245,11 @@ def sign_flip(d, *, n_perm: int, rng, alpha: float = 0.05, exact_max: int = 16) 
         out["ci_low"], out["ci_high"] = -math.inf, math.inf
     else:
         # every interval holds mean(d); the accepted set is [need-th smallest lo, need-th largest hi]
-        out["ci_low"] = float(np.sort(lo_s)[need - 1])
-        out["ci_high"] = float(np.sort(hi_s)[::-1][need - 1])
+        lo, hi = float(np.sort(lo_s)[need - 1]), float(np.sort(hi_s)[::-1][need - 1])
+        # an endpoint within the margin on the far side of 0 is 0 (identical variants: [0, 0], not
+        # [-1e-12, 1e-12]); 0 stays inside exactly when it was, so interval and test still agree
+        out["ci_low"] = 0.0 if -tol <= lo < 0.0 <= hi else lo
+        out["ci_high"] = 0.0 if lo <= 0.0 < hi <= tol else hi
     out["method"] = method
     return out
 
