@@ -2,18 +2,24 @@
 calls in 4 layers) against the stub server answering after a fixed 100 ms.
 The best possible wall time is 4 layers x 100 ms; we report wall / 0.4 s for moakit on its
 direct transport, moakit through litellm, and mixture-llm (litellm client; same server, same
-prompts), run alternately (A B C A B C ...) in one event loop."""
+prompts), run alternately (A B C A B C ...) in one event loop. Beside them the floor
+(mixture-llm's engine over plain aiohttp) alone and with a fixed amount of extra client CPU per
+call, which shows what each tenth of a millisecond of a client's own work costs here."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from pathlib import Path
 
 from .common import (CaseResult, Row, aiohttp_client, alternate_async, litellm_client, median, mixture_pipeline,
                      pair_ratios, spread, stub_models)
 
 LATENCY = 0.1
+# client CPU per call added to the floor, seconds: how the ratio grows with a client's work per
+# call on this machine (the stub answering on the same cores)
+SLOPE_S = (0.1e-3, 0.25e-3)
 
 
 def run(quick: bool) -> CaseResult:
@@ -61,16 +67,35 @@ def run(quick: bool) -> CaseResult:
             assert out
             outputs["floor"] = out
 
+        def spin(seconds: float) -> None:  # client CPU of a given size (busy, as Python work is)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+
+        def floor_with(extra_s: float):
+            """The floor, with ``extra_s`` more client CPU per call, half before the request and half
+            after the answer (where a client's own work per call sits): what that much work costs."""
+            async def timed_client(**kw):
+                spin(extra_s / 2)
+                out = await floor_client(**kw)
+                spin(extra_s / 2)
+                return out
+
+            async def once(i):
+                out, _ = await ML.run(ml_pipe, f"What is mixture of agents? ({i})", timed_client)
+                assert out
+            return once
+
         cpu: list = []
 
         async def main():
             try:
-                return await alternate_async([moakit_once, moakit_litellm_once, mixture_once, floor_once], pairs,
-                                             warmup=2, cpu=cpu)
+                return await alternate_async([moakit_once, moakit_litellm_once, mixture_once, floor_once,
+                                              *(floor_with(x) for x in SLOPE_S)], pairs, warmup=2, cpu=cpu)
             finally:
                 await floor_client.close()
 
-        a, c, b, f = asyncio.run(main())
+        a, c, b, f, *fx = asyncio.run(main())
         store.close()
     ra = [t / ideal for t in a]
     rb = [t / ideal for t in b]
@@ -82,6 +107,9 @@ def run(quick: bool) -> CaseResult:
     rf = [t / ideal for t in f]
     res.rows.append(Row("B1", "the floor here: mixture-llm's engine over plain aiohttp (peer: moakit direct / the "
                         "floor, pair by pair)", f"{median(rf):.3f}", f"{median(pair_ratios(a, f)):.3f}"))
+    for x, t in zip(SLOPE_S, fx):
+        res.rows.append(Row("B1", f"the floor with {x * 1e3:.2f} ms more client CPU per call (half before the request, "
+                            "half after the answer)", f"{median([v / ideal for v in t]):.3f}"))
     res.rows.append(Row("B1", f"the same, moakit through litellm (transport='litellm')", f"{median(rc):.3f}",
                         f"{median(rb):.3f}", f"{median(pair_ratios(c, b)):.3f}", "ratio <= 1.05 (no slower than "
                         "before: 1.012 / 1.034)", median(pair_ratios(c, b)) <= 1.05))
@@ -90,8 +118,11 @@ def run(quick: bool) -> CaseResult:
     res.rows.append(Row("B1", "client CPU per call, ms (moakit direct; peer: mixture-llm + litellm)",
                         f"{cpu_ms[0]:.2f}", f"{cpu_ms[2]:.2f}"))
     res.rows.append(Row("B1", "client CPU per call, ms (moakit through litellm)", f"{cpu_ms[1]:.2f}", f"{cpu_ms[2]:.2f}"))
+    res.rows.append(Row("B1", "client CPU per call, ms (moakit direct; peer: the floor)", f"{cpu_ms[0]:.2f}",
+                        f"{cpu_ms[3]:.2f}"))
     same = outputs.get("moakit") == outputs.get("mixture") == outputs.get("moakit-litellm") == outputs.get("floor")
     res.details = {"moakit_s": a, "moakit_litellm_s": c, "mixture_s": b, "floor_s": f, "cpu_s": cpu,
+                   "floor_with_extra_cpu_s": dict(zip(SLOPE_S, fx)),
                    "pair_ratio": per_pair,
                    "ideal_s": ideal, "same_output": same}
     res.notes.append(f"wall s moakit direct {median(a):.4f} ({spread(a)}), moakit through litellm {median(c):.4f} "
